@@ -1,0 +1,1 @@
+"""Ed-Fi code shared by tap-edfi, target-edfi and edfi-sandbox."""
