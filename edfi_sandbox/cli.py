@@ -1,0 +1,105 @@
+"""``edfi-sandbox``: serve a local Ed-Fi ODS/API, take snapshots, change faults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+import requests
+
+from edfi_sandbox.config import API_VERSIONS, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
+
+logger = logging.getLogger("edfi_sandbox")
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a sandbox Ed-Fi API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--api-version", choices=API_VERSIONS, default="7.3")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed a synthetic district of N students")
+    p.add_argument("--seed-value", type=int, default=0, help="random seed of the synthetic district")
+    p.add_argument("--client-id", default=DEFAULT_CLIENT_ID)
+    p.add_argument("--client-secret", default=DEFAULT_CLIENT_SECRET)
+    p.add_argument("--db", help="SQLite file to keep the data in (default: a temporary file)")
+    p.add_argument("--spec", action="append", default=[], metavar="PATH",
+                   help="serve the resources of this OpenAPI document (Swagger 2 or OpenAPI 3; repeatable)")
+    p.add_argument("--token-ttl", type=int, default=1800, help="bearer token lifetime in seconds")
+    p.add_argument("--api-mode", choices=("sandbox", "year", "instance-year"), default="sandbox",
+                   help="5.3/6.1 routing: year-specific and instance-year-specific URL segments")
+    p.add_argument("--school-year", type=int)
+    p.add_argument("--instance")
+    p.add_argument("--tenant", help="7.x tenant route segment")
+    p.add_argument("--context", help="7.x context route segment (e.g. a school year)")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="fixed latency added to every request")
+    p.add_argument("--jitter-ms", type=float, default=0.0, help="random extra latency, 0..N ms")
+    for code in ("429", "500", "502", "503"):
+        p.add_argument(f"--rate-{code}", type=float, default=0.0, help=f"fraction of requests answered {code}")
+    p.add_argument("--rate-drop", type=float, default=0.0, help="fraction of connections dropped mid-response")
+    p.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds of injected 429s")
+    p.add_argument("--fault-seed", type=int)
+    p.add_argument("--churn", type=float, default=0.0, metavar="PER_SEC",
+                   help="update/delete random items at this rate while clients read")
+    p.add_argument("--log-level", default="info")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edfi-sandbox", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    snap = sub.add_parser("snapshot", help="take a snapshot of a running sandbox")
+    snap.add_argument("--url", default="http://127.0.0.1:8765", help="the sandbox's base URL")
+    faults = sub.add_parser("faults", help="show or change the faults of a running sandbox")
+    faults.add_argument("--url", default="http://127.0.0.1:8765")
+    faults.add_argument("settings", nargs="*", metavar="NAME=VALUE", help="e.g. rate_429=0.1 latency_ms=20")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(getattr(args, "log_level", "info")).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "snapshot":
+        resp = requests.post(args.url.rstrip("/") + "/_sandbox/snapshots", timeout=600)
+        resp.raise_for_status()
+        sys.stdout.write(json.dumps(resp.json()) + "\n")
+        return 0
+    values = {}
+    for item in args.settings:
+        name, _, value = item.partition("=")
+        values[name] = value
+    resp = requests.put(args.url.rstrip("/") + "/_sandbox/faults", json=values, timeout=30)
+    sys.stdout.write(resp.text + "\n")
+    return 0 if resp.ok else 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from edfi_sandbox.faults import FaultConfig
+    from edfi_sandbox.server import Sandbox
+
+    faults = FaultConfig(
+        latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, rate_429=args.rate_429, rate_500=args.rate_500,
+        rate_502=args.rate_502, rate_503=args.rate_503, rate_drop=args.rate_drop,
+        retry_after=args.retry_after, seed=args.fault_seed,
+    )
+    try:
+        sandbox = Sandbox(
+            args.api_version, seed=args.seed, seed_value=args.seed_value, host=args.host, port=args.port,
+            db=args.db, specs=args.spec, faults=faults, log_level=args.log_level,
+            client_id=args.client_id, client_secret=args.client_secret, token_ttl=args.token_ttl,
+            api_mode=args.api_mode, school_year=args.school_year, instance=args.instance,
+            tenant=args.tenant, context=args.context,
+        )
+    except (ValueError, OSError) as exc:
+        logger.error("cannot start the sandbox: %s", exc)
+        return 2
+    if args.churn:
+        sandbox.start_churn(args.churn)
+    logger.info("Ed-Fi sandbox %s on %s (client id %s); root payload at %s", args.api_version,
+                sandbox.base_url, args.client_id, sandbox.api_root + "/")
+    sandbox.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

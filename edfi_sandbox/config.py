@@ -1,0 +1,68 @@
+"""Settings of one sandbox API: version, routing, credentials, limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+API_VERSIONS = ("5.3", "6.1", "7.1", "7.3")
+DEFAULT_CLIENT_ID = "sandbox-client"
+DEFAULT_CLIENT_SECRET = "sandbox-secret"
+
+#: Data standard served by default with each API version (the built-in model is a DS 5 subset;
+#: the version only changes what the root payload says about it).
+DATA_STANDARD = {"5.3": "3.3.1-b", "6.1": "4.0.0", "7.1": "5.0.0", "7.3": "5.0.0"}
+BUILD = {"5.3": "5.3.1146.0", "6.1": "6.1.901.0", "7.1": "7.1.1294.0", "7.3": "7.3.10437.0"}
+INFORMATIONAL = {"5.3": "5.3", "6.1": "6.1", "7.1": "7.1", "7.3": "7.3.2"}
+
+
+@dataclass
+class SandboxConfig:
+    api_version: str = "7.3"
+    client_id: str = DEFAULT_CLIENT_ID
+    client_secret: str = DEFAULT_CLIENT_SECRET
+    token_ttl: int = 1800  # seconds, like BearerTokenTimeoutMinutes=30
+    max_tokens_per_client: int = 15  # 7.x BearerTokenPerClientLimit
+    # 5.x/6.x ApiMode routing: "sandbox" (no segment), "year" (/{year}), "instance-year"
+    api_mode: str = "sandbox"
+    school_year: int | None = None
+    instance: str | None = None
+    # 7.x routing: /{tenant}/{context}
+    tenant: str | None = None
+    context: str | None = None
+    extra_clients: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.api_version not in API_VERSIONS:
+            raise ValueError(f"api_version must be one of {', '.join(API_VERSIONS)}, not {self.api_version!r}")
+        if self.api_mode not in ("sandbox", "year", "instance-year"):
+            raise ValueError("api_mode must be sandbox, year or instance-year")
+        if self.is_v7 and self.api_mode != "sandbox":
+            raise ValueError("api_mode applies to 5.3 and 6.1; use tenant/context on 7.x")
+        if not self.is_v7 and (self.tenant or self.context):
+            raise ValueError("tenant and context routing exist on 7.x only")
+        if self.api_mode in ("year", "instance-year") and not self.school_year:
+            raise ValueError("year-specific routing needs school_year")
+        if self.api_mode == "instance-year" and not self.instance:
+            raise ValueError("instance-year-specific routing needs instance")
+
+    @property
+    def is_v7(self) -> bool:
+        return self.api_version.startswith("7")
+
+    @property
+    def problem_details(self) -> bool:
+        """Error bodies are RFC 7807 problem details from 7.2 on."""
+        return self.api_version >= "7.2"
+
+    @property
+    def has_key_changes(self) -> bool:
+        return self.api_version >= "6"
+
+    @property
+    def has_partitions(self) -> bool:
+        return self.api_version >= "7.3"
+
+    @property
+    def person_retry(self) -> bool:
+        """Person resources listed twice in dependencies (DS 4.0 and later, ODS/API 6+)."""
+        return self.api_version >= "6"

@@ -1,0 +1,874 @@
+"""SQLite storage of the sandbox: one table per resource, one global change-version sequence.
+
+Each resource table keeps the item as the API serves it (``doc``: JSON with ``id``, reference
+``link``s, ``_etag`` and ``_lastModifiedDate``), its natural-key hash (unique), its change version
+(indexed, like the real ODS) and an ``aggregate_id`` primary key that orders collections and
+defines 7.3 cursor partitions. A ``refs`` table records every reference between items so that
+deletes of referenced items fail with 409 and key changes cascade to dependent items, as in the
+real ODS/API. ``tracked_changes`` holds deletes and key changes for ``/deletes`` and
+``/keyChanges``.
+
+Writes are serialized by one lock on one connection; reads use a connection per thread (WAL), so
+many clients read while one writes. Snapshots are full copies of the database made with SQLite's
+backup API: reads in a snapshot see the data as it was when it was taken.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from edfi_core.keys import key_hash, split_descriptor_uri
+from edfi_core.openapi import ApiModel, Reference, Resource
+
+logger = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+
+
+# -- errors the API layer turns into HTTP responses ------------------------------------------------
+class StoreError(Exception):
+    status = 400
+    kind = "bad-request"
+
+    def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors or {}
+
+
+class ValidationFailed(StoreError):
+    status = 400
+    kind = "bad-request:data-validation-failed"
+
+
+class KeyChangeNotSupported(StoreError):
+    status = 400
+    kind = "bad-request:data-validation-failed:key-change-not-supported"
+
+
+class NotFound(StoreError):
+    status = 404
+    kind = "not-found"
+
+
+class UnresolvedReference(StoreError):
+    status = 409
+    kind = "data-conflict:unresolved-reference"
+
+
+class DependentItemExists(StoreError):
+    status = 409
+    kind = "data-conflict:dependent-item-exists"
+
+
+class NonUniqueIdentity(StoreError):
+    status = 409
+    kind = "data-conflict:non-unique-identity"
+
+
+class OptimisticLockFailed(StoreError):
+    status = 412
+    kind = "optimistic-lock-failed"
+
+
+@dataclass
+class WriteResult:
+    id: str
+    etag: str
+    created: bool
+    change_version: int
+
+
+@dataclass
+class Snapshot:
+    identifier: str
+    taken_at: str
+    path: str
+    change_version: int
+
+
+def table_name(path: str) -> str:
+    return "r_" + re.sub(r"[^A-Za-z0-9]", "_", path.strip("/"))
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _dig(doc: Any, path: Iterable[str]) -> Any:
+    for part in path:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(part)
+    return doc
+
+
+def _reference_objects(doc: JSON, path: tuple[str, ...]) -> Iterator[JSON]:
+    """Every object found at a reference path; ``[]`` steps into arrays."""
+    nodes: list[Any] = [doc]
+    for part in path:
+        nxt: list[Any] = []
+        for node in nodes:
+            if part == "[]":
+                if isinstance(node, list):
+                    nxt.extend(node)
+            elif isinstance(node, dict) and part in node:
+                nxt.append(node[part])
+        nodes = nxt
+    for node in nodes:
+        if isinstance(node, dict):
+            yield node
+
+
+def _values_at(doc: JSON, path: tuple[str, ...]) -> Iterator[Any]:
+    nodes: list[Any] = [doc]
+    for part in path:
+        nxt: list[Any] = []
+        for node in nodes:
+            if part == "[]":
+                if isinstance(node, list):
+                    nxt.extend(node)
+            elif isinstance(node, dict) and part in node:
+                nxt.append(node[part])
+        nodes = nxt
+    yield from nodes
+
+
+class Store:
+    """All items of one sandbox API."""
+
+    def __init__(self, model: ApiModel, path: str | None = None) -> None:
+        self.model = model
+        self._tmpdir: str | None = None
+        if path is None:
+            self._tmpdir = tempfile.mkdtemp(prefix="edfi-sandbox-")
+            path = os.path.join(self._tmpdir, "sandbox.db")
+        self.path = path
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._writer = self._connect(path)
+        self._snapshots: list[Snapshot] = []
+        self._tables = {res.path: table_name(res.path) for res in model}
+        # reverse references: target path -> [(source resource, reference)]
+        self._dependents: dict[str, list[tuple[Resource, Reference]]] = {}
+        for res in model:
+            for ref in res.references:
+                for target in model.reference_targets(ref):
+                    self._dependents.setdefault(target.path, []).append((res, ref))
+        self._create_schema()
+        row = self._writer.execute("SELECT v FROM meta WHERE k = 'change_version'").fetchone()
+        self._change_version = int(row[0]) if row else 0
+        self._connections: list[sqlite3.Connection] = [self._writer]
+
+    # -- connections ---------------------------------------------------------------------------
+    @staticmethod
+    def _connect(path: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        return conn
+
+    def reader(self, snapshot: Snapshot | None = None) -> sqlite3.Connection:
+        """This thread's read connection (to the live database or to a snapshot)."""
+        key = snapshot.path if snapshot else self.path
+        conns: dict[str, sqlite3.Connection] | None = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        conn = conns.get(key)
+        if conn is None:
+            conn = conns[key] = self._connect(key)
+            if snapshot:
+                conn.execute("PRAGMA query_only=ON")
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.Error:  # pragma: no cover - closing from another thread
+                    pass
+            self._connections.clear()
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+        for snap in self._snapshots:
+            if os.path.exists(snap.path) and not self._tmpdir:
+                os.remove(snap.path)
+
+    def _create_schema(self) -> None:
+        w = self._writer
+        w.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
+        w.execute(
+            "CREATE TABLE IF NOT EXISTS tracked_changes (seq INTEGER PRIMARY KEY, resource TEXT NOT NULL,"
+            " kind TEXT NOT NULL, id TEXT NOT NULL, change_version INTEGER NOT NULL,"
+            " old_key BLOB, new_key BLOB)"
+        )
+        w.execute(
+            "CREATE INDEX IF NOT EXISTS ix_tracked ON tracked_changes (resource, kind, change_version)"
+        )
+        w.execute(
+            "CREATE TABLE IF NOT EXISTS refs (target TEXT NOT NULL, target_key TEXT NOT NULL,"
+            " source TEXT NOT NULL, source_agg INTEGER NOT NULL)"
+        )
+        w.execute("CREATE INDEX IF NOT EXISTS ix_refs_target ON refs (target, target_key)")
+        w.execute("CREATE INDEX IF NOT EXISTS ix_refs_source ON refs (source, source_agg)")
+        for table in self._tables.values():
+            w.execute(
+                f'CREATE TABLE IF NOT EXISTS "{table}" (aggregate_id INTEGER PRIMARY KEY,'
+                " id TEXT NOT NULL UNIQUE, key_hash TEXT NOT NULL UNIQUE,"
+                " change_version INTEGER NOT NULL, doc BLOB NOT NULL)"
+            )
+            w.execute(f'CREATE INDEX IF NOT EXISTS "ix_{table}_cv" ON "{table}" (change_version)')
+
+    # -- helpers -------------------------------------------------------------------------------
+    def resource(self, path: str) -> Resource:
+        res = self.model.get(path)
+        if res is None:
+            raise NotFound(f"Resource {path} not found.")
+        return res
+
+    def table(self, path: str) -> str:
+        return self._tables[path]
+
+    @property
+    def change_version(self) -> int:
+        return self._change_version
+
+    def _next_change_version(self) -> int:
+        self._change_version += 1
+        return self._change_version
+
+    def _save_change_version(self) -> None:
+        self._writer.execute(
+            "INSERT OR REPLACE INTO meta (k, v) VALUES ('change_version', ?)", (str(self._change_version),)
+        )
+
+    def _lookup_key(self, conn: sqlite3.Connection, path: str, hashed: str) -> tuple[int, str] | None:
+        row = conn.execute(
+            f'SELECT aggregate_id, id FROM "{self._tables[path]}" WHERE key_hash = ?', (hashed,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    # -- descriptors and references --------------------------------------------------------------
+    def _check_descriptors(self, res: Resource, doc: JSON) -> None:
+        errors: dict[str, list[str]] = {}
+        for dpath in res.descriptor_paths:
+            desc = self.model.descriptor_for(dpath[-1])
+            for value in _values_at(doc, dpath):
+                if value is None:
+                    continue
+                parts = split_descriptor_uri(value)
+                found = False
+                if parts and desc is not None:
+                    hashed = key_hash({"namespace": parts[0], "codeValue": parts[1]})
+                    found = self._lookup_key(self._writer, desc.path, hashed) is not None
+                if not found:
+                    name = (desc.entity[0].upper() + desc.entity[1:]) if desc else dpath[-1]
+                    field = "$." + ".".join(p for p in dpath if p != "[]")
+                    errors.setdefault(field, []).append(f"{name} value '{value}' does not exist.")
+        if errors:
+            raise ValidationFailed(
+                "Data validation failed. See 'validationErrors' for details.", errors
+            )
+
+    def _resolve_references(
+        self, res: Resource, doc: JSON
+    ) -> list[tuple[str, str]]:
+        """Check every reference of ``doc`` exists and add its ``link``; return (target, key hash)s."""
+        found: list[tuple[str, str]] = []
+        for ref in res.references:
+            targets = self.model.reference_targets(ref)
+            if not targets:
+                continue
+            for obj in _reference_objects(doc, ref.path):
+                values = {f: obj.get(f) for f in ref.fields}
+                if any(v is None for v in values.values()):
+                    continue  # incomplete optional reference: schema validation reports it
+                hit = None
+                for target in targets:
+                    if len(targets) > 1 or target.schema_name != ref.target_schema:
+                        # abstract reference: one id field mapped onto the member's id field
+                        if len(target.key_fields) != 1 or len(values) != 1:
+                            continue
+                        tvalues = {target.key_fields[0]: next(iter(values.values()))}
+                    else:
+                        tvalues = values
+                    hashed = key_hash(tvalues)
+                    row = self._lookup_key(self._writer, target.path, hashed)
+                    if row:
+                        hit = (target, hashed, row[1])
+                        break
+                if hit is None:
+                    entity = ref.target_schema.split("_", 1)[-1]
+                    entity = entity[0].upper() + entity[1:]
+                    raise UnresolvedReference(f"The referenced '{entity}' item does not exist.")
+                target, hashed, target_id = hit
+                obj["link"] = {
+                    "rel": target.entity[0].upper() + target.entity[1:],
+                    "href": f"{target.path}/{target_id}",
+                }
+                found.append((target.path, hashed))
+        return found
+
+    def _dependents_of(self, conn: sqlite3.Connection, path: str, hashed: str) -> list[tuple[str, int]]:
+        return conn.execute(
+            "SELECT source, source_agg FROM refs WHERE target = ? AND target_key = ?", (path, hashed)
+        ).fetchall()
+
+    # -- writes --------------------------------------------------------------------------------
+    def upsert(self, path: str, body: JSON) -> WriteResult:
+        """POST: insert or update by natural key."""
+        res = self.resource(path)
+        doc = _strip_server_fields(body)
+        key = res.natural_key(doc)
+        hashed = key_hash(key)
+        with self._lock:
+            self._check_descriptors(res, doc)
+            refs = self._resolve_references(res, doc)
+            existing = self._writer.execute(
+                f'SELECT aggregate_id, id, doc FROM "{self._tables[path]}" WHERE key_hash = ?', (hashed,)
+            ).fetchone()
+            self._writer.execute("BEGIN")
+            try:
+                if existing:
+                    agg, item_id, old_blob = existing
+                    old = orjson.loads(old_blob)
+                    etag = old.pop("_etag")
+                    for name in ("id", "_lastModifiedDate"):
+                        old.pop(name, None)
+                    if old == doc:  # nothing changed: no update, no new change version
+                        self._writer.execute("ROLLBACK")
+                        return WriteResult(item_id, etag, False, self._change_version)
+                    result = self._write(res, doc, item_id, hashed, agg, refs, created=False)
+                else:
+                    result = self._write(res, doc, uuid.uuid4().hex, hashed, None, refs, created=True)
+                self._save_change_version()
+                self._writer.execute("COMMIT")
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+        return result
+
+    def update(self, path: str, item_id: str, body: JSON, if_match: str | None = None) -> WriteResult:
+        """PUT by id: update, with a key change where the resource allows it."""
+        res = self.resource(path)
+        doc = _strip_server_fields(body)
+        with self._lock:
+            row = self._writer.execute(
+                f'SELECT aggregate_id, key_hash, doc FROM "{self._tables[path]}" WHERE id = ?', (item_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound("Resource to update was not found.")
+            agg, old_hash, old_doc_bytes = row
+            old_doc = orjson.loads(old_doc_bytes)
+            if if_match is not None and if_match.strip('"') != old_doc.get("_etag"):
+                raise OptimisticLockFailed("The item has been modified by another user.")
+            new_key = res.natural_key(doc)
+            new_hash = key_hash(new_key)
+            key_changed = new_hash != old_hash
+            if key_changed and not res.key_updatable:
+                raise KeyChangeNotSupported(
+                    "Key values for this resource cannot be changed. Delete and recreate the resource"
+                    " item instead."
+                )
+            if key_changed and self._lookup_key(self._writer, path, new_hash):
+                raise NonUniqueIdentity(
+                    "The identifying value(s) of the item are the same as another item that already exists."
+                )
+            self._check_descriptors(res, doc)
+            refs = self._resolve_references(res, doc)
+            self._writer.execute("BEGIN")
+            try:
+                result = self._write(res, doc, item_id, new_hash, agg, refs, created=False)
+                if key_changed:
+                    old_key = res.natural_key(old_doc)
+                    self._track(res.path, "key", item_id, result.change_version, old_key, new_key)
+                    self._cascade_key_change(res.path, old_hash, new_hash, old_key, new_key)
+                self._save_change_version()
+                self._writer.execute("COMMIT")
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+        return result
+
+    def delete(self, path: str, item_id: str, if_match: str | None = None) -> int:
+        res = self.resource(path)
+        with self._lock:
+            row = self._writer.execute(
+                f'SELECT aggregate_id, key_hash, doc FROM "{self._tables[path]}" WHERE id = ?', (item_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound("Resource to delete was not found.")
+            agg, hashed, doc_bytes = row
+            doc = orjson.loads(doc_bytes)
+            if if_match is not None and if_match.strip('"') != doc.get("_etag"):
+                raise OptimisticLockFailed("The item has been modified by another user.")
+            deps = self._dependents_of(self._writer, path, hashed)
+            if deps:
+                src = self.model.get(deps[0][0])
+                name = src.entity if src else deps[0][0]
+                raise DependentItemExists(
+                    f"The requested action cannot be performed because this item is referenced by an"
+                    f" existing '{name[0].upper() + name[1:]}' item."
+                )
+            self._writer.execute("BEGIN")
+            try:
+                cv = self._next_change_version()
+                self._writer.execute(f'DELETE FROM "{self._tables[path]}" WHERE aggregate_id = ?', (agg,))
+                self._writer.execute("DELETE FROM refs WHERE source = ? AND source_agg = ?", (path, agg))
+                self._track(path, "delete", item_id, cv, res.natural_key(doc), None)
+                self._save_change_version()
+                self._writer.execute("COMMIT")
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+        return cv
+
+    def _write(
+        self,
+        res: Resource,
+        doc: JSON,
+        item_id: str,
+        hashed: str,
+        agg: int | None,
+        refs: list[tuple[str, str]],
+        created: bool,
+    ) -> WriteResult:
+        cv = self._next_change_version()
+        etag = str(5_250_000_000_000_000_000 + cv * 7919)
+        stored = {"id": item_id, **doc, "_etag": etag, "_lastModifiedDate": now_iso()}
+        blob = orjson.dumps(stored)
+        table = self._tables[res.path]
+        if agg is None:
+            cur = self._writer.execute(
+                f'INSERT INTO "{table}" (id, key_hash, change_version, doc) VALUES (?, ?, ?, ?)',
+                (item_id, hashed, cv, blob),
+            )
+            agg = cur.lastrowid
+        else:
+            self._writer.execute(
+                f'UPDATE "{table}" SET key_hash = ?, change_version = ?, doc = ? WHERE aggregate_id = ?',
+                (hashed, cv, blob, agg),
+            )
+            self._writer.execute("DELETE FROM refs WHERE source = ? AND source_agg = ?", (res.path, agg))
+        self._writer.executemany(
+            "INSERT INTO refs (target, target_key, source, source_agg) VALUES (?, ?, ?, ?)",
+            [(t, h, res.path, agg) for t, h in refs],
+        )
+        return WriteResult(item_id, etag, created, cv)
+
+    def _track(
+        self, path: str, kind: str, item_id: str, cv: int, old_key: JSON | None, new_key: JSON | None
+    ) -> None:
+        self._writer.execute(
+            "INSERT INTO tracked_changes (resource, kind, id, change_version, old_key, new_key)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                path,
+                kind,
+                item_id,
+                cv,
+                orjson.dumps(old_key) if old_key is not None else None,
+                orjson.dumps(new_key) if new_key is not None else None,
+            ),
+        )
+
+    def _cascade_key_change(
+        self, path: str, old_hash: str, new_hash: str, old_key: JSON, new_key: JSON
+    ) -> None:
+        """Rewrite the references of dependent items, like the ODS/API's cascading key updates."""
+        for source, source_agg in self._dependents_of(self._writer, path, old_hash):
+            src = self.model.get(source)
+            if src is None:
+                continue
+            table = self._tables[source]
+            row = self._writer.execute(
+                f'SELECT id, key_hash, doc FROM "{table}" WHERE aggregate_id = ?', (source_agg,)
+            ).fetchone()
+            if row is None:
+                continue
+            item_id, src_old_hash, blob = row
+            doc = orjson.loads(blob)
+            src_old_key = src.natural_key(doc)
+            for ref in src.references:
+                if path not in [t.path for t in self.model.reference_targets(ref)]:
+                    continue
+                for obj in _reference_objects(doc, ref.path):
+                    if all(obj.get(f) == old_key.get(f) for f in ref.fields if f in old_key):
+                        for f in ref.fields:
+                            if f in new_key:
+                                obj[f] = new_key[f]
+            body = {k: v for k, v in doc.items() if k not in ("id", "_etag", "_lastModifiedDate")}
+            src_new_key = src.natural_key(body)
+            src_new_hash = key_hash(src_new_key)
+            refs = [
+                (t, new_hash if (t == path and h == old_hash) else h)
+                for t, h in self._writer.execute(
+                    "SELECT target, target_key FROM refs WHERE source = ? AND source_agg = ?",
+                    (source, source_agg),
+                ).fetchall()
+            ]
+            result = self._write(src, body, item_id, src_new_hash, source_agg, refs, created=False)
+            if src_new_hash != src_old_hash:
+                self._track(source, "key", item_id, result.change_version, src_old_key, src_new_key)
+                self._cascade_key_change(source, src_old_hash, src_new_hash, src_old_key, src_new_key)
+
+    # -- bulk loading (seeding) --------------------------------------------------------------------
+    def bulk_load(self, path: str, docs: Iterable[JSON], batch: int = 5000) -> int:
+        """Load trusted payloads fast: no validation; ids, etags, links and change versions assigned.
+
+        References must point to items already loaded (the caller loads in dependency order);
+        a reference that does not resolve is stored without a link.
+        """
+        res = self.resource(path)
+        table = self._tables[path]
+        ref_plan = self._ref_plan(res)
+        stamp = now_iso()
+        link_cache: dict[tuple[str, str], str | None] = {}
+        count = 0
+        rows: list[tuple] = []
+        ref_rows: list[tuple] = []
+        with self._lock:
+            self._writer.execute("BEGIN")
+            try:
+                agg = (
+                    self._writer.execute(f'SELECT COALESCE(MAX(aggregate_id), 0) FROM "{table}"').fetchone()[0]
+                )
+                for doc in docs:
+                    agg += 1
+                    for ref, targets in ref_plan:
+                        for obj in _reference_objects(doc, ref.path):
+                            values = {f: obj.get(f) for f in ref.fields}
+                            for target in targets:
+                                tvalues = values
+                                if target.schema_name != ref.target_schema:
+                                    tvalues = {target.key_fields[0]: next(iter(values.values()))}
+                                hashed = key_hash(tvalues)
+                                ck = (target.path, hashed)
+                                if ck not in link_cache:
+                                    row = self._lookup_key(self._writer, target.path, hashed)
+                                    link_cache[ck] = row[1] if row else None
+                                target_id = link_cache[ck]
+                                if target_id is not None:
+                                    obj["link"] = {
+                                        "rel": target.entity[0].upper() + target.entity[1:],
+                                        "href": f"{target.path}/{target_id}",
+                                    }
+                                    ref_rows.append((target.path, hashed, path, agg))
+                                    break
+                    cv = self._next_change_version()
+                    item_id = uuid.UUID(int=self._rand_bits(), version=4).hex
+                    stored = {"id": item_id, **doc, "_etag": str(5_250_000_000_000_000_000 + cv * 7919),
+                              "_lastModifiedDate": stamp}
+                    rows.append((agg, item_id, key_hash(res.natural_key(doc)), cv, orjson.dumps(stored)))
+                    if len(rows) >= batch:
+                        self._flush(table, rows, ref_rows)
+                    count += 1
+                self._flush(table, rows, ref_rows)
+                self._save_change_version()
+                self._writer.execute("COMMIT")
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+        return count
+
+    def _rand_bits(self) -> int:
+        # fast unique 128-bit values for ids (uuid4 via os.urandom is slow in bulk)
+        return int.from_bytes(os.urandom(16), "big")
+
+    def _ref_plan(self, res: Resource) -> list[tuple[Reference, list[Resource]]]:
+        return [(ref, t) for ref in res.references if (t := self.model.reference_targets(ref))]
+
+    def _flush(self, table: str, rows: list[tuple], ref_rows: list[tuple]) -> None:
+        if rows:
+            self._writer.executemany(
+                f'INSERT INTO "{table}" (aggregate_id, id, key_hash, change_version, doc) VALUES (?, ?, ?, ?, ?)',
+                rows,
+            )
+            rows.clear()
+        if ref_rows:
+            self._writer.executemany(
+                "INSERT INTO refs (target, target_key, source, source_agg) VALUES (?, ?, ?, ?)", ref_rows
+            )
+            ref_rows.clear()
+
+    # -- reads ---------------------------------------------------------------------------------
+    def _where(
+        self, res: Resource, min_cv: int | None, max_cv: int | None, filters: dict[str, Any] | None
+    ) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if min_cv is not None:
+            clauses.append("change_version >= ?")
+            args.append(min_cv)
+        if max_cv is not None:
+            clauses.append("change_version <= ?")
+            args.append(max_cv)
+        for name, value in (filters or {}).items():
+            fpath = res.field_paths.get(name) or (name,)
+            clauses.append(f"json_extract(doc, '$.{'.'.join(fpath)}') = ?")
+            args.append(value)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+    def count(
+        self,
+        path: str,
+        min_cv: int | None = None,
+        max_cv: int | None = None,
+        filters: dict[str, Any] | None = None,
+        snapshot: Snapshot | None = None,
+    ) -> int:
+        res = self.resource(path)
+        where, args = self._where(res, min_cv, max_cv, filters)
+        conn = self.reader(snapshot)
+        return conn.execute(f'SELECT COUNT(*) FROM "{self._tables[path]}"{where}', args).fetchone()[0]
+
+    def page(
+        self,
+        path: str,
+        offset: int = 0,
+        limit: int = 25,
+        min_cv: int | None = None,
+        max_cv: int | None = None,
+        filters: dict[str, Any] | None = None,
+        snapshot: Snapshot | None = None,
+    ) -> list[tuple[int, bytes]]:
+        """(aggregate_id, doc) rows of one offset page, in aggregate-id order."""
+        res = self.resource(path)
+        where, args = self._where(res, min_cv, max_cv, filters)
+        conn = self.reader(snapshot)
+        return conn.execute(
+            f'SELECT aggregate_id, doc FROM "{self._tables[path]}"{where}'
+            " ORDER BY aggregate_id LIMIT ? OFFSET ?",
+            [*args, limit, offset],
+        ).fetchall()
+
+    def range_page(
+        self,
+        path: str,
+        low: int,
+        high: int,
+        size: int,
+        min_cv: int | None = None,
+        max_cv: int | None = None,
+        filters: dict[str, Any] | None = None,
+        snapshot: Snapshot | None = None,
+    ) -> list[tuple[int, bytes]]:
+        """Rows with ``low <= aggregate_id <= high`` (7.3 cursor paging)."""
+        res = self.resource(path)
+        where, args = self._where(res, min_cv, max_cv, filters)
+        where = (where + " AND" if where else " WHERE") + " aggregate_id BETWEEN ? AND ?"
+        conn = self.reader(snapshot)
+        return conn.execute(
+            f'SELECT aggregate_id, doc FROM "{self._tables[path]}"{where} ORDER BY aggregate_id LIMIT ?',
+            [*args, low, high, size],
+        ).fetchall()
+
+    def partitions(
+        self,
+        path: str,
+        number: int,
+        min_cv: int | None = None,
+        max_cv: int | None = None,
+        filters: dict[str, Any] | None = None,
+        snapshot: Snapshot | None = None,
+    ) -> list[tuple[int, int]]:
+        """Split the matching items into at most ``number`` aggregate-id ranges of similar size."""
+        res = self.resource(path)
+        where, args = self._where(res, min_cv, max_cv, filters)
+        conn = self.reader(snapshot)
+        table = self._tables[path]
+        total = conn.execute(f'SELECT COUNT(*) FROM "{table}"{where}', args).fetchone()[0]
+        if total == 0:
+            return []
+        number = max(1, min(number, total))
+        bounds: list[int] = []
+        for i in range(number):
+            row = conn.execute(
+                f'SELECT aggregate_id FROM "{table}"{where} ORDER BY aggregate_id LIMIT 1 OFFSET ?',
+                [*args, (total * i) // number],
+            ).fetchone()
+            bounds.append(row[0])
+        last = conn.execute(f'SELECT MAX(aggregate_id) FROM "{table}"{where}', args).fetchone()[0]
+        ranges = []
+        for i, low in enumerate(bounds):
+            high = bounds[i + 1] - 1 if i + 1 < len(bounds) else last
+            if high >= low:
+                ranges.append((low, high))
+        return ranges
+
+    def get(self, path: str, item_id: str, snapshot: Snapshot | None = None) -> bytes:
+        self.resource(path)
+        row = self.reader(snapshot).execute(
+            f'SELECT doc FROM "{self._tables[path]}" WHERE id = ?', (item_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound("Resource not found.")
+        return row[0]
+
+    def get_by_key(self, path: str, key: JSON) -> JSON | None:
+        res = self.resource(path)
+        row = self.reader().execute(
+            f'SELECT doc FROM "{self._tables[path]}" WHERE key_hash = ?', (key_hash(res.natural_key(key)),)
+        ).fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    def iter_docs(self, path: str) -> Iterator[JSON]:
+        """Every item of a resource, in aggregate-id order (for tests and churn)."""
+        for (blob,) in self.reader().execute(
+            f'SELECT doc FROM "{self._tables[path]}" ORDER BY aggregate_id'
+        ):
+            yield orjson.loads(blob)
+
+    def deletes(
+        self,
+        path: str,
+        offset: int = 0,
+        limit: int = 25,
+        min_cv: int | None = None,
+        max_cv: int | None = None,
+        with_keys: bool = True,
+        snapshot: Snapshot | None = None,
+    ) -> list[JSON]:
+        self.resource(path)
+        rows = self.reader(snapshot).execute(
+            "SELECT id, change_version, old_key FROM tracked_changes WHERE resource = ? AND kind = 'delete'"
+            " AND change_version >= ? AND change_version <= ? ORDER BY change_version LIMIT ? OFFSET ?",
+            (path, min_cv or 0, max_cv if max_cv is not None else 2**62, limit, offset),
+        ).fetchall()
+        out = []
+        for item_id, cv, old_key in rows:
+            item: JSON = {"id": item_id, "changeVersion": cv}
+            if with_keys:
+                item["keyValues"] = orjson.loads(old_key)
+            out.append(item)
+        return out
+
+    def count_deletes(self, path: str, min_cv: int | None = None, max_cv: int | None = None,
+                      snapshot: Snapshot | None = None) -> int:
+        return self.reader(snapshot).execute(
+            "SELECT COUNT(*) FROM tracked_changes WHERE resource = ? AND kind = 'delete'"
+            " AND change_version >= ? AND change_version <= ?",
+            (path, min_cv or 0, max_cv if max_cv is not None else 2**62),
+        ).fetchone()[0]
+
+    def key_changes(
+        self,
+        path: str,
+        offset: int = 0,
+        limit: int = 25,
+        min_cv: int | None = None,
+        max_cv: int | None = None,
+        snapshot: Snapshot | None = None,
+    ) -> list[JSON]:
+        """One entry per item changed in the window: its first old key and its last new key."""
+        self.resource(path)
+        rows = self.reader(snapshot).execute(
+            "SELECT id, MAX(change_version) AS cv,"
+            " (SELECT old_key FROM tracked_changes t2 WHERE t2.resource = t.resource AND t2.kind = 'key'"
+            "   AND t2.id = t.id AND t2.change_version >= ?1 AND t2.change_version <= ?2"
+            "   ORDER BY change_version ASC LIMIT 1),"
+            " (SELECT new_key FROM tracked_changes t3 WHERE t3.resource = t.resource AND t3.kind = 'key'"
+            "   AND t3.id = t.id AND t3.change_version >= ?1 AND t3.change_version <= ?2"
+            "   ORDER BY change_version DESC LIMIT 1)"
+            " FROM tracked_changes t WHERE resource = ?3 AND kind = 'key'"
+            " AND change_version >= ?1 AND change_version <= ?2"
+            " GROUP BY id ORDER BY cv LIMIT ?4 OFFSET ?5",
+            (min_cv or 0, max_cv if max_cv is not None else 2**62, path, limit, offset),
+        ).fetchall()
+        return [
+            {"id": i, "changeVersion": cv, "oldKeyValues": orjson.loads(o), "newKeyValues": orjson.loads(n)}
+            for i, cv, o, n in rows
+        ]
+
+    def count_key_changes(self, path: str, min_cv: int | None = None, max_cv: int | None = None,
+                          snapshot: Snapshot | None = None) -> int:
+        return self.reader(snapshot).execute(
+            "SELECT COUNT(DISTINCT id) FROM tracked_changes WHERE resource = ? AND kind = 'key'"
+            " AND change_version >= ? AND change_version <= ?",
+            (path, min_cv or 0, max_cv if max_cv is not None else 2**62),
+        ).fetchone()[0]
+
+    def oldest_change_version(self) -> int:
+        return 0
+
+    # -- snapshots -------------------------------------------------------------------------------
+    def take_snapshot(self) -> Snapshot:
+        """Copy the whole database; reads that ask for this snapshot see it as it is now."""
+        ident = uuid.uuid4().hex
+        folder = self._tmpdir or os.path.dirname(os.path.abspath(self.path))
+        target = os.path.join(folder, f"snapshot-{ident}.db")
+        with self._lock:
+            dest = sqlite3.connect(target)
+            try:
+                self._writer.backup(dest)
+            finally:
+                dest.close()
+            snap = Snapshot(ident, now_iso(), target, self._change_version)
+            self._snapshots.append(snap)
+        logger.info("snapshot %s taken at change version %s", ident, snap.change_version)
+        return snap
+
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        return list(self._snapshots)
+
+    def find_snapshot(self, identifier: str | None = None) -> Snapshot | None:
+        if not self._snapshots:
+            return None
+        if identifier is None:
+            return self._snapshots[-1]
+        return next((s for s in self._snapshots if s.identifier == identifier), None)
+
+    def drop_snapshots(self) -> None:
+        with self._lock:
+            self._snapshots.clear()
+
+
+def _strip_server_fields(body: JSON) -> JSON:
+    """The payload as stored: no server fields, no links, no nulls."""
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: clean(v)
+                for k, v in node.items()
+                if v is not None and k not in ("id", "_etag", "_lastModifiedDate", "link")
+            }
+        if isinstance(node, list):
+            return [clean(v) for v in node if v is not None]
+        return node
+
+    return clean(body)
+
+
+__all__ = [
+    "DependentItemExists",
+    "KeyChangeNotSupported",
+    "NonUniqueIdentity",
+    "NotFound",
+    "OptimisticLockFailed",
+    "Snapshot",
+    "Store",
+    "StoreError",
+    "UnresolvedReference",
+    "ValidationFailed",
+    "WriteResult",
+]
