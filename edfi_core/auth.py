@@ -1,0 +1,187 @@
+"""OAuth 2 client credentials for Ed-Fi ODS/APIs: one bearer token shared by every thread.
+
+The ODS/API limits live tokens per client (15 on 7.x) and a token lives 30 minutes by default, so a
+client must reuse one token, renew it shortly before ``expires_in`` runs out, and after a 401
+renew it once, however many threads saw that 401 (:meth:`TokenManager.invalidate`).
+
+Credentials go in an ``Authorization: Basic`` header; a server that rejects that (400/401) is
+asked again with the credentials in the form body, and that choice is remembered. Neither the
+secret nor a token is ever logged or put in an exception message.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+logger = logging.getLogger(__name__)
+
+#: Statuses of the token endpoint worth retrying (7.x answers 429 when a client has too many tokens).
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class AuthError(RuntimeError):
+    """The token endpoint refused the credentials or could not be reached."""
+
+    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+def _oauth_error(resp: requests.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return (resp.text or "").strip()[:200]
+    if isinstance(body, dict):
+        parts = [str(body[k]) for k in ("error", "error_description", "detail", "message") if body.get(k)]
+        if parts:
+            return ": ".join(parts)
+    return str(body)[:200]
+
+
+class TokenManager:
+    """Thread-safe client-credentials token: fetched once, shared, renewed before it expires.
+
+    ``token()`` returns a valid token, fetching one if there is none or it is about to expire.
+    ``invalidate(token)`` forgets ``token`` if it is still the current one: after a 401, every
+    thread calls it with the token it used, and only the first call causes a new fetch.
+    """
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        session: requests.Session | None = None,
+        scope: str | None = None,
+        timeout: float | tuple[float, float] = (10.0, 60.0),
+        max_tries: int = 5,
+        margin: float = 60.0,
+        on_refresh: Callable[[], None] | None = None,
+    ) -> None:
+        if not client_id or not client_secret:
+            raise AuthError("client_id and client_secret are required", url=token_url)
+        self.token_url = token_url
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self.scope = scope
+        self.session = session or requests.Session()
+        self.timeout = timeout
+        self.max_tries = max(1, max_tries)
+        self.margin = margin
+        self.on_refresh = on_refresh
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._renew_at = 0.0  # monotonic time after which the token is renewed
+        self._use_basic = True
+        self.fetches = 0
+
+    def __repr__(self) -> str:  # never show the secret or the token
+        return f"TokenManager({self.token_url!r}, client_id={self._client_id!r})"
+
+    # -- public API -----------------------------------------------------------------------------
+    def token(self) -> str:
+        """A valid bearer token (fetched on first use and shortly before it expires)."""
+        token = self._token
+        if token is not None and time.monotonic() < self._renew_at:
+            return token
+        with self._lock:
+            if self._token is None or time.monotonic() >= self._renew_at:
+                self._token = None
+                self._fetch()
+            assert self._token is not None
+            return self._token
+
+    def invalidate(self, token: str | None) -> None:
+        """Forget ``token`` if it is the current one (the server answered 401 to it)."""
+        with self._lock:
+            if token is not None and token == self._token:
+                logger.info("bearer token rejected by the API; a new one will be requested")
+                self._token = None
+                self._renew_at = 0.0
+
+    def auth_header(self) -> tuple[str, dict[str, str]]:
+        token = self.token()
+        return token, {"Authorization": f"Bearer {token}"}
+
+    # -- fetching -----------------------------------------------------------------------------
+    def _request(self, basic: bool) -> requests.Response:
+        form: dict[str, Any] = {"grant_type": "client_credentials"}
+        if self.scope:
+            form["scope"] = self.scope
+        auth = None
+        if basic:
+            auth = (self._client_id, self._client_secret)
+        else:
+            form["client_id"] = self._client_id
+            form["client_secret"] = self._client_secret
+        return self.session.post(self.token_url, data=form, auth=auth, timeout=self.timeout,
+                                 headers={"Accept": "application/json"})
+
+    def _fetch(self) -> None:
+        """Get a new token (the caller holds the lock)."""
+        delay = 0.5
+        last_error = ""
+        for attempt in range(1, self.max_tries + 1):
+            try:
+                resp = self._request(self._use_basic)
+                if resp.status_code in (400, 401) and self._use_basic:
+                    # some servers only take credentials in the body
+                    body_resp = self._request(False)
+                    if body_resp.ok:
+                        logger.info("token endpoint accepts credentials in the body only; using that")
+                        self._use_basic = False
+                        resp = body_resp
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                last_error = f"{type(exc).__name__}"
+                status = None
+            else:
+                status = resp.status_code
+                if resp.ok:
+                    self._accept(resp)
+                    return
+                last_error = f"HTTP {status}: {_oauth_error(resp)}"
+                if status not in TRANSIENT_STATUSES:
+                    hint = " (check client_id and client_secret)" if status in (400, 401) else ""
+                    raise AuthError(f"token request to {self.token_url} failed: {last_error}{hint}",
+                                    url=self.token_url, status=status)
+                retry_after = resp.headers.get("Retry-After")
+                if retry_after and retry_after.strip().isdigit():
+                    delay = max(delay, float(retry_after))
+            if attempt < self.max_tries:
+                wait = delay / 2 + random.uniform(0, delay / 2)
+                logger.warning("token request to %s failed (%s); retrying in %.1fs", self.token_url,
+                               last_error, wait)
+                time.sleep(wait)
+                delay = min(delay * 2, 30.0)
+        raise AuthError(f"token request to {self.token_url} failed after {self.max_tries} tries: {last_error}",
+                        url=self.token_url)
+
+    def _accept(self, resp: requests.Response) -> None:
+        try:
+            body = resp.json()
+            token = body["access_token"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AuthError(f"token response from {self.token_url} has no access_token",
+                            url=self.token_url, status=resp.status_code) from exc
+        try:
+            expires_in = float(body.get("expires_in") or 1800)
+        except (TypeError, ValueError):
+            expires_in = 1800.0
+        # renew a little before the server's deadline: a minute, or a fifth of short lifetimes
+        margin = min(self.margin, expires_in / 5)
+        self._token = str(token)
+        self._renew_at = time.monotonic() + max(0.0, expires_in - margin)
+        self.fetches += 1
+        logger.debug("new bearer token, valid %ss (renewed after %.0fs)", expires_in, expires_in - margin)
+        if self.on_refresh is not None:
+            self.on_refresh()
