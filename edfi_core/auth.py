@@ -24,6 +24,13 @@ logger = logging.getLogger(__name__)
 
 #: Statuses of the token endpoint worth retrying (7.x answers 429 when a client has too many tokens).
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Failures without a (complete) response worth retrying: refused, reset, timed out, dropped mid-body.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
 
 
 class AuthError(RuntimeError):
@@ -141,7 +148,7 @@ class TokenManager:
                         logger.info("token endpoint accepts credentials in the body only; using that")
                         self._use_basic = False
                         resp = body_resp
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except TRANSIENT_ERRORS as exc:
                 last_error = f"{type(exc).__name__}"
                 status = None
             else:

@@ -187,8 +187,6 @@ class SandboxApp:
         if area == "oauth":
             return self._oauth(req)
         if area == "token_info":
-            if not self.config.api_version >= "7.3":
-                raise HttpError(404, "not-found", "The specified resource could not be found.")
             return self._token_info(req)
         if area == "metadata_list":
             return self._metadata_list(base)
@@ -244,11 +242,28 @@ class SandboxApp:
         return Reply(200, orjson.dumps(body), {"Cache-Control": "no-store"})
 
     def _token_info(self, req: Request) -> Reply:
-        form = dict(parse_qsl(req.body.decode("utf-8", "replace")))
-        token = self.tokens.check("Bearer " + form.get("token", ""))
+        """Token introspection (``/oauth/token_info``): JSON or form body with ``token``."""
+        if req.method != "POST":
+            raise HttpError(405, "method-not-allowed", "The request method is not allowed.")
+        try:
+            if "json" in req.headers.get("content-type", ""):
+                parsed = orjson.loads(req.body or b"{}")
+                form = parsed if isinstance(parsed, dict) else {}
+            else:
+                form = dict(parse_qsl(req.body.decode("utf-8", "replace")))
+        except orjson.JSONDecodeError:
+            form = {}
+        token = self.tokens.check("Bearer " + str(form.get("token", "")))
         if token is None:
             return self._json({"active": False})
-        return self._json({"active": True, "client_id": token.client_id, "education_organizations": []})
+        return self._json({
+            "active": True,
+            "client_id": token.client_id,
+            "namespace_prefixes": ["uri://ed-fi.org"],
+            "education_organizations": [],
+            "assigned_profiles": [],
+            "claim_set": {"name": "SIS Vendor"},
+        })
 
     def _authorize(self, req: Request) -> None:
         header = req.headers.get("authorization")
@@ -321,8 +336,10 @@ class SandboxApp:
         if what == "availableChangeVersions":
             snap = self._snapshot_for(req)
             newest = snap.change_version if snap else self.store.change_version
-            return self._json({"oldestChangeVersion": self.store.oldest_change_version(),
-                               "newestChangeVersion": newest})
+            oldest = self.store.oldest_change_version()
+            if self.config.api_version < "6":  # 5.x serializes the C# names as they are
+                return self._json({"OldestChangeVersion": oldest, "NewestChangeVersion": newest})
+            return self._json({"oldestChangeVersion": oldest, "newestChangeVersion": newest})
         if what == "snapshots" and not self.config.is_v7:
             return self._json([
                 {"id": i + 1, "snapshotIdentifier": s.identifier, "snapshotDateTime": s.taken_at}
@@ -401,7 +418,8 @@ class SandboxApp:
         if limit is None:
             limit = 25
         elif v < "7":
-            if not 1 <= limit <= MAX_PAGE:
+            # 5.x/6.x reject only a negative limit or one over the maximum: limit=0 counts
+            if not 0 <= limit <= MAX_PAGE:
                 raise HttpError(400, "bad-request:parameter-validation-failed",
                                 "Limit must be omitted or set to a value between 1 and max value defined in"
                                 " configuration file (defaultPageSizeLimit).")
@@ -460,7 +478,7 @@ class SandboxApp:
             headers["Total-Count"] = str(total)
         rows = self.store.page(res.path, offset, limit, min_cv, max_cv, filters, snapshot) if limit else []
         if rows and self.config.has_partitions:
-            headers["Next-Page-Token"] = encode_token(rows[-1][0] + 1, 2**53)
+            headers["Next-Page-Token"] = encode_token(rows[-1][0] + 1, 2**31 - 1)
         return Reply(200, b"[" + b",".join(r[1] for r in rows) + b"]", headers)
 
     def _cursor_page(self, res: Resource, req: Request, snapshot: Snapshot | None, min_cv: int | None,
@@ -504,12 +522,19 @@ class SandboxApp:
             return self._json({"pageTokens": [encode_token(lo, hi) for lo, hi in ranges]})
         if res.name == "schoolYearTypes" or (sub == "keyChanges" and not self.config.has_key_changes):
             raise HttpError(404, "not-found", "The specified resource could not be found.")
-        offset, limit = self._paging(req)
         headers: dict[str, str] = {}
+        if sub == "deletes" and v < "6":
+            # 5.x: no limit validation, no Total-Count, C# property names (Id, ChangeVersion)
+            offset = max(self._int_param(req, "offset") or 0, 0)
+            limit = self._int_param(req, "limit")
+            limit = 25 if limit is None or limit < 0 else limit
+            items = self.store.deletes(res.path, offset, limit, min_cv, max_cv, with_keys=False, snapshot=snapshot)
+            return self._json([{"Id": i["id"], "ChangeVersion": i["changeVersion"]} for i in items])
+        offset, limit = self._paging(req)
         if sub == "deletes":
             if self._total_count(req):
                 headers["Total-Count"] = str(self.store.count_deletes(res.path, min_cv, max_cv, snapshot))
-            items = self.store.deletes(res.path, offset, limit, min_cv, max_cv, with_keys=v >= "6", snapshot=snapshot)
+            items = self.store.deletes(res.path, offset, limit, min_cv, max_cv, snapshot=snapshot)
         else:
             if self._total_count(req):
                 headers["Total-Count"] = str(self.store.count_key_changes(res.path, min_cv, max_cv, snapshot))

@@ -39,7 +39,8 @@ class Layout:
         seg = re.escape(self.segment)
         self._patterns: list[tuple[re.Pattern[str], str]] = [
             (re.compile(rf"^{re.escape(self.oauth_prefix)}/oauth/token/?$"), "oauth"),
-            (re.compile(r"^/oauth/token_info/?$"), "token_info"),
+            # token introspection: at the root, and beside the instance's token endpoint
+            (re.compile(rf"^(?:{re.escape(self.oauth_prefix)})?/oauth/token_info/?$"), "token_info"),
             (re.compile(rf"^/metadata(?:{seg})?/?$"), "metadata_list"),
             (re.compile(rf"^/metadata/data/v3{seg}/dependencies/?$"), "dependencies"),
             (re.compile(rf"^/metadata/data/v3{seg}/(resources|descriptors)/swagger\.json$"), "metadata_doc"),

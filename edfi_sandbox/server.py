@@ -75,7 +75,8 @@ class Sandbox:
             from edfi_sandbox.seed import seed_district
 
             started = time.perf_counter()
-            self.seed_counts = seed_district(self.store, seed, seed_value)
+            with self.store.bulk_mode():
+                self.seed_counts = seed_district(self.store, seed, seed_value)
             logger.info("seeded %s students in %.1fs", seed, time.perf_counter() - started)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None

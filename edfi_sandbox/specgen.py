@@ -104,7 +104,7 @@ class VersionRules:
 
     @property
     def min_limit(self) -> int:
-        return 0 if self.version >= (7, 0) else 1
+        return 0  # limit=0 is a valid count-only request on every version
 
 
 def version_rules(api_version: str, swagger2: bool | None = None) -> VersionRules:

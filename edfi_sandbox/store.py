@@ -15,7 +15,9 @@ backup API: reads in a snapshot see the data as it was when it was taken.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
 import logging
 import os
 import re
@@ -30,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from edfi_core.keys import key_hash, split_descriptor_uri
+from edfi_core.keys import canonical, split_descriptor_uri
 from edfi_core.openapi import ApiModel, Reference, Resource
 
 logger = logging.getLogger(__name__)
@@ -98,6 +100,12 @@ class Snapshot:
     taken_at: str
     path: str
     change_version: int
+
+
+def key_hash(path: str, values: dict[str, Any]) -> int:
+    """64-bit hash of a resource path and natural key values: the store's internal item key."""
+    digest = hashlib.blake2b(path.encode() + b"\0" + canonical(values), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def table_name(path: str) -> str:
@@ -168,6 +176,8 @@ class Store:
             for ref in res.references:
                 for target in model.reference_targets(ref):
                     self._dependents.setdefault(target.path, []).append((res, ref))
+        self._arrays = {res.path: _array_defaults(res.schema) for res in model}
+        self._descriptor_id = {res.path: res.entity + "Id" for res in model if res.is_descriptor}
         self._create_schema()
         row = self._writer.execute("SELECT v FROM meta WHERE k = 'change_version'").fetchone()
         self._change_version = int(row[0]) if row else 0
@@ -179,7 +189,7 @@ class Store:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=OFF")
-        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA cache_size=-1000000")  # up to ~1 GB of pages: indexes stay in memory
         conn.execute("PRAGMA temp_store=MEMORY")
         return conn
 
@@ -223,19 +233,47 @@ class Store:
         w.execute(
             "CREATE INDEX IF NOT EXISTS ix_tracked ON tracked_changes (resource, kind, change_version)"
         )
+        # refs: which item (source table number, aggregate id) refers to which item (key hash)
         w.execute(
-            "CREATE TABLE IF NOT EXISTS refs (target TEXT NOT NULL, target_key TEXT NOT NULL,"
-            " source TEXT NOT NULL, source_agg INTEGER NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS refs (source INTEGER NOT NULL, source_agg INTEGER NOT NULL,"
+            " target_key INTEGER NOT NULL, PRIMARY KEY (source, source_agg, target_key)) WITHOUT ROWID"
         )
-        w.execute("CREATE INDEX IF NOT EXISTS ix_refs_target ON refs (target, target_key)")
-        w.execute("CREATE INDEX IF NOT EXISTS ix_refs_source ON refs (source, source_agg)")
+        w.execute("CREATE TABLE IF NOT EXISTS resources (num INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE)")
+        w.executemany("INSERT OR IGNORE INTO resources (path) VALUES (?)", [(p,) for p in sorted(self._tables)])
+        self._num = dict((p, n) for n, p in w.execute("SELECT num, path FROM resources"))
+        self._path_of = {n: p for p, n in self._num.items()}
         for table in self._tables.values():
             w.execute(
                 f'CREATE TABLE IF NOT EXISTS "{table}" (aggregate_id INTEGER PRIMARY KEY,'
-                " id TEXT NOT NULL UNIQUE, key_hash TEXT NOT NULL UNIQUE,"
+                " id TEXT NOT NULL, key_hash INTEGER NOT NULL UNIQUE,"
                 " change_version INTEGER NOT NULL, doc BLOB NOT NULL)"
             )
-            w.execute(f'CREATE INDEX IF NOT EXISTS "ix_{table}_cv" ON "{table}" (change_version)')
+        self._create_secondary_indexes()
+
+    def _secondary_indexes(self) -> list[tuple[str, str]]:
+        """(name, CREATE statement) of the indexes a bulk load may drop and rebuild."""
+        out = [("ix_refs_target", "CREATE INDEX IF NOT EXISTS ix_refs_target ON refs (target_key)")]
+        for table in self._tables.values():
+            out.append((f"ix_{table}_id", f'CREATE UNIQUE INDEX IF NOT EXISTS "ix_{table}_id" ON "{table}" (id)'))
+            out.append((f"ix_{table}_cv",
+                        f'CREATE INDEX IF NOT EXISTS "ix_{table}_cv" ON "{table}" (change_version)'))
+        return out
+
+    def _create_secondary_indexes(self) -> None:
+        for _, sql in self._secondary_indexes():
+            self._writer.execute(sql)
+
+    @contextlib.contextmanager
+    def bulk_mode(self) -> Iterator[None]:
+        """Drop the indexes bulk loading does not need, and build them once at the end (seeding)."""
+        with self._lock:
+            for name, _ in self._secondary_indexes():
+                self._writer.execute(f'DROP INDEX IF EXISTS "{name}"')
+            try:
+                yield
+            finally:
+                self._create_secondary_indexes()
+                self._writer.execute("ANALYZE")
 
     # -- helpers -------------------------------------------------------------------------------
     def resource(self, path: str) -> Resource:
@@ -260,7 +298,7 @@ class Store:
             "INSERT OR REPLACE INTO meta (k, v) VALUES ('change_version', ?)", (str(self._change_version),)
         )
 
-    def _lookup_key(self, conn: sqlite3.Connection, path: str, hashed: str) -> tuple[int, str] | None:
+    def _lookup_key(self, conn: sqlite3.Connection, path: str, hashed: int) -> tuple[int, str] | None:
         row = conn.execute(
             f'SELECT aggregate_id, id FROM "{self._tables[path]}" WHERE key_hash = ?', (hashed,)
         ).fetchone()
@@ -277,7 +315,7 @@ class Store:
                 parts = split_descriptor_uri(value)
                 found = False
                 if parts and desc is not None:
-                    hashed = key_hash({"namespace": parts[0], "codeValue": parts[1]})
+                    hashed = key_hash(desc.path, {"namespace": parts[0], "codeValue": parts[1]})
                     found = self._lookup_key(self._writer, desc.path, hashed) is not None
                 if not found:
                     name = (desc.entity[0].upper() + desc.entity[1:]) if desc else dpath[-1]
@@ -288,11 +326,9 @@ class Store:
                 "Data validation failed. See 'validationErrors' for details.", errors
             )
 
-    def _resolve_references(
-        self, res: Resource, doc: JSON
-    ) -> list[tuple[str, str]]:
-        """Check every reference of ``doc`` exists and add its ``link``; return (target, key hash)s."""
-        found: list[tuple[str, str]] = []
+    def _resolve_references(self, res: Resource, doc: JSON) -> list[int]:
+        """Check every reference of ``doc`` exists and add its ``link``; return the targets' key hashes."""
+        found: list[int] = []
         for ref in res.references:
             targets = self.model.reference_targets(ref)
             if not targets:
@@ -310,7 +346,7 @@ class Store:
                         tvalues = {target.key_fields[0]: next(iter(values.values()))}
                     else:
                         tvalues = values
-                    hashed = key_hash(tvalues)
+                    hashed = key_hash(target.path, tvalues)
                     row = self._lookup_key(self._writer, target.path, hashed)
                     if row:
                         hit = (target, hashed, row[1])
@@ -324,21 +360,20 @@ class Store:
                     "rel": target.entity[0].upper() + target.entity[1:],
                     "href": f"{target.path}/{target_id}",
                 }
-                found.append((target.path, hashed))
+                found.append(hashed)
         return found
 
-    def _dependents_of(self, conn: sqlite3.Connection, path: str, hashed: str) -> list[tuple[str, int]]:
-        return conn.execute(
-            "SELECT source, source_agg FROM refs WHERE target = ? AND target_key = ?", (path, hashed)
-        ).fetchall()
+    def _dependents_of(self, conn: sqlite3.Connection, hashed: int) -> list[tuple[str, int]]:
+        rows = conn.execute("SELECT source, source_agg FROM refs WHERE target_key = ?", (hashed,)).fetchall()
+        return [(self._path_of[num], agg) for num, agg in rows]
 
     # -- writes --------------------------------------------------------------------------------
     def upsert(self, path: str, body: JSON) -> WriteResult:
         """POST: insert or update by natural key."""
         res = self.resource(path)
-        doc = _strip_server_fields(body)
+        doc = self._prepare(res, body)
         key = res.natural_key(doc)
-        hashed = key_hash(key)
+        hashed = key_hash(path, key)
         with self._lock:
             self._check_descriptors(res, doc)
             refs = self._resolve_references(res, doc)
@@ -351,7 +386,7 @@ class Store:
                     agg, item_id, old_blob = existing
                     old = orjson.loads(old_blob)
                     etag = old.pop("_etag")
-                    for name in ("id", "_lastModifiedDate"):
+                    for name in ("id", "_lastModifiedDate", self._descriptor_id.get(path)):
                         old.pop(name, None)
                     if old == doc:  # nothing changed: no update, no new change version
                         self._writer.execute("ROLLBACK")
@@ -369,7 +404,7 @@ class Store:
     def update(self, path: str, item_id: str, body: JSON, if_match: str | None = None) -> WriteResult:
         """PUT by id: update, with a key change where the resource allows it."""
         res = self.resource(path)
-        doc = _strip_server_fields(body)
+        doc = self._prepare(res, body)
         with self._lock:
             row = self._writer.execute(
                 f'SELECT aggregate_id, key_hash, doc FROM "{self._tables[path]}" WHERE id = ?', (item_id,)
@@ -381,7 +416,7 @@ class Store:
             if if_match is not None and if_match.strip('"') != old_doc.get("_etag"):
                 raise OptimisticLockFailed("The item has been modified by another user.")
             new_key = res.natural_key(doc)
-            new_hash = key_hash(new_key)
+            new_hash = key_hash(path, new_key)
             key_changed = new_hash != old_hash
             if key_changed and not res.key_updatable:
                 raise KeyChangeNotSupported(
@@ -420,7 +455,7 @@ class Store:
             doc = orjson.loads(doc_bytes)
             if if_match is not None and if_match.strip('"') != doc.get("_etag"):
                 raise OptimisticLockFailed("The item has been modified by another user.")
-            deps = self._dependents_of(self._writer, path, hashed)
+            deps = self._dependents_of(self._writer, hashed)
             if deps:
                 src = self.model.get(deps[0][0])
                 name = src.entity if src else deps[0][0]
@@ -432,7 +467,7 @@ class Store:
             try:
                 cv = self._next_change_version()
                 self._writer.execute(f'DELETE FROM "{self._tables[path]}" WHERE aggregate_id = ?', (agg,))
-                self._writer.execute("DELETE FROM refs WHERE source = ? AND source_agg = ?", (path, agg))
+                self._writer.execute("DELETE FROM refs WHERE source = ? AND source_agg = ?", (self._num[path], agg))
                 self._track(path, "delete", item_id, cv, res.natural_key(doc), None)
                 self._save_change_version()
                 self._writer.execute("COMMIT")
@@ -441,36 +476,53 @@ class Store:
                 raise
         return cv
 
+    def _prepare(self, res: Resource, body: JSON) -> JSON:
+        """The payload as stored: server fields dropped, empty collections present."""
+        doc = _strip_server_fields(body)
+        desc_id = self._descriptor_id.get(res.path)
+        if desc_id:
+            doc.pop(desc_id, None)
+        _fill_arrays(doc, self._arrays[res.path])
+        return doc
+
+    def _stored(self, res: Resource, item_id: str, agg: int, doc: JSON, etag: str, stamp: str) -> JSON:
+        head: JSON = {"id": item_id}
+        desc_id = self._descriptor_id.get(res.path)
+        if desc_id:
+            head[desc_id] = agg
+        return {**head, **doc, "_etag": etag, "_lastModifiedDate": stamp}
+
     def _write(
         self,
         res: Resource,
         doc: JSON,
         item_id: str,
-        hashed: str,
+        hashed: int,
         agg: int | None,
-        refs: list[tuple[str, str]],
+        refs: list[int],
         created: bool,
     ) -> WriteResult:
         cv = self._next_change_version()
         etag = str(5_250_000_000_000_000_000 + cv * 7919)
-        stored = {"id": item_id, **doc, "_etag": etag, "_lastModifiedDate": now_iso()}
-        blob = orjson.dumps(stored)
         table = self._tables[res.path]
         if agg is None:
-            cur = self._writer.execute(
-                f'INSERT INTO "{table}" (id, key_hash, change_version, doc) VALUES (?, ?, ?, ?)',
-                (item_id, hashed, cv, blob),
+            agg = self._writer.execute(f'SELECT COALESCE(MAX(aggregate_id), 0) + 1 FROM "{table}"').fetchone()[0]
+            blob = orjson.dumps(self._stored(res, item_id, agg, doc, etag, now_iso()))
+            self._writer.execute(
+                f'INSERT INTO "{table}" (aggregate_id, id, key_hash, change_version, doc) VALUES (?, ?, ?, ?, ?)',
+                (agg, item_id, hashed, cv, blob),
             )
-            agg = cur.lastrowid
         else:
+            blob = orjson.dumps(self._stored(res, item_id, agg, doc, etag, now_iso()))
             self._writer.execute(
                 f'UPDATE "{table}" SET key_hash = ?, change_version = ?, doc = ? WHERE aggregate_id = ?',
                 (hashed, cv, blob, agg),
             )
-            self._writer.execute("DELETE FROM refs WHERE source = ? AND source_agg = ?", (res.path, agg))
+            self._writer.execute("DELETE FROM refs WHERE source = ? AND source_agg = ?", (self._num[res.path], agg))
+        num = self._num[res.path]
         self._writer.executemany(
-            "INSERT INTO refs (target, target_key, source, source_agg) VALUES (?, ?, ?, ?)",
-            [(t, h, res.path, agg) for t, h in refs],
+            "INSERT OR IGNORE INTO refs (source, source_agg, target_key) VALUES (?, ?, ?)",
+            [(num, agg, h) for h in refs],
         )
         return WriteResult(item_id, etag, created, cv)
 
@@ -491,10 +543,10 @@ class Store:
         )
 
     def _cascade_key_change(
-        self, path: str, old_hash: str, new_hash: str, old_key: JSON, new_key: JSON
+        self, path: str, old_hash: int, new_hash: int, old_key: JSON, new_key: JSON
     ) -> None:
         """Rewrite the references of dependent items, like the ODS/API's cascading key updates."""
-        for source, source_agg in self._dependents_of(self._writer, path, old_hash):
+        for source, source_agg in self._dependents_of(self._writer, old_hash):
             src = self.model.get(source)
             if src is None:
                 continue
@@ -515,14 +567,15 @@ class Store:
                         for f in ref.fields:
                             if f in new_key:
                                 obj[f] = new_key[f]
-            body = {k: v for k, v in doc.items() if k not in ("id", "_etag", "_lastModifiedDate")}
+            body = {k: v for k, v in doc.items()
+                    if k not in ("id", "_etag", "_lastModifiedDate", self._descriptor_id.get(source))}
             src_new_key = src.natural_key(body)
-            src_new_hash = key_hash(src_new_key)
+            src_new_hash = key_hash(source, src_new_key)
             refs = [
-                (t, new_hash if (t == path and h == old_hash) else h)
-                for t, h in self._writer.execute(
-                    "SELECT target, target_key FROM refs WHERE source = ? AND source_agg = ?",
-                    (source, source_agg),
+                new_hash if h == old_hash else h
+                for (h,) in self._writer.execute(
+                    "SELECT target_key FROM refs WHERE source = ? AND source_agg = ?",
+                    (self._num[source], source_agg),
                 ).fetchall()
             ]
             result = self._write(src, body, item_id, src_new_hash, source_agg, refs, created=False)
@@ -531,57 +584,68 @@ class Store:
                 self._cascade_key_change(source, src_old_hash, src_new_hash, src_old_key, src_new_key)
 
     # -- bulk loading (seeding) --------------------------------------------------------------------
-    def bulk_load(self, path: str, docs: Iterable[JSON], batch: int = 5000) -> int:
+    def bulk_load(self, path: str, docs: Iterable[JSON], batch: int = 20000) -> int:
         """Load trusted payloads fast: no validation; ids, etags, links and change versions assigned.
 
-        References must point to items already loaded (the caller loads in dependency order);
-        a reference that does not resolve is stored without a link.
+        References must point to items already loaded (the caller loads in dependency order); a
+        reference that does not resolve is stored without a link. Reference lookups are cached by
+        value, so a million rows that point to a few thousand parents cost a few thousand lookups.
         """
         res = self.resource(path)
         table = self._tables[path]
-        ref_plan = self._ref_plan(res)
+        num = self._num[path]
+        plan = self._ref_plan(res)
+        key_paths = list(res.key_paths.items())
+        arrays = self._arrays[path]
+        desc_id = self._descriptor_id.get(path)
         stamp = now_iso()
-        link_cache: dict[tuple[str, str], str | None] = {}
+        cache: dict[tuple, tuple[int, dict] | None] = {}
         count = 0
         rows: list[tuple] = []
         ref_rows: list[tuple] = []
+        dumps = orjson.dumps
+        urandom = os.urandom
         with self._lock:
             self._writer.execute("BEGIN")
             try:
-                agg = (
-                    self._writer.execute(f'SELECT COALESCE(MAX(aggregate_id), 0) FROM "{table}"').fetchone()[0]
-                )
+                agg = self._writer.execute(f'SELECT COALESCE(MAX(aggregate_id), 0) FROM "{table}"').fetchone()[0]
+                cv = self._change_version
                 for doc in docs:
                     agg += 1
-                    for ref, targets in ref_plan:
-                        for obj in _reference_objects(doc, ref.path):
-                            values = {f: obj.get(f) for f in ref.fields}
-                            for target in targets:
-                                tvalues = values
-                                if target.schema_name != ref.target_schema:
-                                    tvalues = {target.key_fields[0]: next(iter(values.values()))}
-                                hashed = key_hash(tvalues)
-                                ck = (target.path, hashed)
-                                if ck not in link_cache:
-                                    row = self._lookup_key(self._writer, target.path, hashed)
-                                    link_cache[ck] = row[1] if row else None
-                                target_id = link_cache[ck]
-                                if target_id is not None:
-                                    obj["link"] = {
-                                        "rel": target.entity[0].upper() + target.entity[1:],
-                                        "href": f"{target.path}/{target_id}",
-                                    }
-                                    ref_rows.append((target.path, hashed, path, agg))
-                                    break
-                    cv = self._next_change_version()
-                    item_id = uuid.UUID(int=self._rand_bits(), version=4).hex
-                    stored = {"id": item_id, **doc, "_etag": str(5_250_000_000_000_000_000 + cv * 7919),
+                    cv += 1
+                    for ref_path, fields, targets in plan:
+                        if len(ref_path) == 1:  # fast path: a top-level reference
+                            top = doc.get(ref_path[0])
+                            objs: Iterable[JSON] = (top,) if isinstance(top, dict) else ()
+                        else:
+                            objs = _reference_objects(doc, ref_path)
+                        for obj in objs:
+                            values = tuple([obj.get(f) for f in fields])
+                            ck = (ref_path, values)
+                            hit = cache.get(ck, False)
+                            if hit is False:
+                                hit = cache[ck] = self._find_target(targets, fields, values)
+                            if hit is not None:
+                                obj["link"] = hit[1]
+                                ref_rows.append((num, agg, hit[0]))
+                    key = {}
+                    for name, kpath in key_paths:
+                        node = doc
+                        for part in kpath:
+                            node = node.get(part) if isinstance(node, dict) else None
+                        key[name] = node
+                    if arrays:
+                        _fill_arrays(doc, arrays)
+                    item_id = urandom(16).hex()
+                    head: JSON = {"id": item_id, desc_id: agg} if desc_id else {"id": item_id}
+                    stored = {**head, **doc, "_etag": str(5_250_000_000_000_000_000 + cv * 7919),
                               "_lastModifiedDate": stamp}
-                    rows.append((agg, item_id, key_hash(res.natural_key(doc)), cv, orjson.dumps(stored)))
+                    rows.append((agg, item_id, key_hash(path, key), cv, dumps(stored)))
                     if len(rows) >= batch:
                         self._flush(table, rows, ref_rows)
                     count += 1
                 self._flush(table, rows, ref_rows)
+                self._change_version = cv
                 self._save_change_version()
                 self._writer.execute("COMMIT")
             except BaseException:
@@ -589,12 +653,26 @@ class Store:
                 raise
         return count
 
-    def _rand_bits(self) -> int:
-        # fast unique 128-bit values for ids (uuid4 via os.urandom is slow in bulk)
-        return int.from_bytes(os.urandom(16), "big")
+    def _find_target(
+        self, targets: list[tuple[Resource, bool, str]], fields: tuple[str, ...], values: tuple
+    ) -> tuple[int, dict] | None:
+        for target, abstract, rel in targets:
+            tvalues = {target.key_fields[0]: values[0]} if abstract else dict(zip(fields, values, strict=True))
+            hashed = key_hash(target.path, tvalues)
+            row = self._lookup_key(self._writer, target.path, hashed)
+            if row:
+                return hashed, {"rel": rel, "href": f"{target.path}/{row[1]}"}
+        return None
 
-    def _ref_plan(self, res: Resource) -> list[tuple[Reference, list[Resource]]]:
-        return [(ref, t) for ref in res.references if (t := self.model.reference_targets(ref))]
+    def _ref_plan(self, res: Resource) -> list[tuple[tuple[str, ...], tuple[str, ...], list]]:
+        plan = []
+        for ref in res.references:
+            targets = self.model.reference_targets(ref)
+            if targets:
+                plan.append((ref.path, ref.fields, [
+                    (t, t.schema_name != ref.target_schema, t.entity[0].upper() + t.entity[1:]) for t in targets
+                ]))
+        return plan
 
     def _flush(self, table: str, rows: list[tuple], ref_rows: list[tuple]) -> None:
         if rows:
@@ -605,7 +683,7 @@ class Store:
             rows.clear()
         if ref_rows:
             self._writer.executemany(
-                "INSERT INTO refs (target, target_key, source, source_agg) VALUES (?, ?, ?, ?)", ref_rows
+                "INSERT OR IGNORE INTO refs (source, source_agg, target_key) VALUES (?, ?, ?)", ref_rows
             )
             ref_rows.clear()
 
@@ -726,7 +804,7 @@ class Store:
     def get_by_key(self, path: str, key: JSON) -> JSON | None:
         res = self.resource(path)
         row = self.reader().execute(
-            f'SELECT doc FROM "{self._tables[path]}" WHERE key_hash = ?', (key_hash(res.natural_key(key)),)
+            f'SELECT doc FROM "{self._tables[path]}" WHERE key_hash = ?', (key_hash(path, res.natural_key(key)),)
         ).fetchone()
         return orjson.loads(row[0]) if row else None
 
@@ -840,6 +918,32 @@ class Store:
     def drop_snapshots(self) -> None:
         with self._lock:
             self._snapshots.clear()
+
+
+def _array_defaults(schema: JSON) -> list[tuple[str, list[str]]]:
+    """Top-level array properties, each with the array properties of its items.
+
+    The API returns every collection, as ``[]`` when it is empty.
+    """
+    out = []
+    for name, spec in (schema.get("properties") or {}).items():
+        if spec.get("type") == "array" and not name.startswith("_"):
+            items = spec.get("items") or {}
+            nested = [n for n, s in (items.get("properties") or {}).items() if s.get("type") == "array"]
+            out.append((name, nested))
+    return out
+
+
+def _fill_arrays(doc: JSON, defaults: list[tuple[str, list[str]]]) -> None:
+    for name, nested in defaults:
+        value = doc.get(name)
+        if value is None:
+            doc[name] = []
+        elif nested:
+            for item in value:
+                if isinstance(item, dict):
+                    for n in nested:
+                        item.setdefault(n, [])
 
 
 def _strip_server_fields(body: JSON) -> JSON:

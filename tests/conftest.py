@@ -61,6 +61,11 @@ class Api:
         url = f"{self.sb.base_url}{layout.root}/changeQueries/v1{layout.segment}/{what}"
         return self.http.get(url, timeout=30, **kw)
 
+    def newest(self, **kw: Any) -> int:
+        """newestChangeVersion (5.x writes it NewestChangeVersion)."""
+        body = self.changes("availableChangeVersions", **kw).json()
+        return body["NewestChangeVersion" if self.sb.config.api_version < "6" else "newestChangeVersion"]
+
     def all(self, path: str, **params: Any) -> list[dict]:
         out: list[dict] = []
         offset = 0

@@ -82,11 +82,12 @@ def test_live_token_limit_on_7x(sb) -> None:
         assert statuses == [200] * 16
 
 
-def test_token_info_on_73(sb) -> None:
-    url = sb.api_root + "/oauth/token_info"
-    resp = requests.post(url, data={"token": sb.token()}, timeout=10)
-    if sb.config.api_version >= "7.3":
-        assert resp.json()["active"] is True
-        assert requests.post(url, data={"token": "nope"}, timeout=10).json() == {"active": False}
-    else:
-        assert resp.status_code == 404
+def test_token_info(sb) -> None:
+    url = sb.oauth_url + "_info"
+    token = sb.token()
+    by_form = requests.post(url, data={"token": token}, timeout=10).json()
+    by_json = requests.post(url, json={"token": token}, timeout=10).json()
+    assert by_form == by_json
+    assert by_form["active"] is True and by_form["client_id"] == sb.client_id
+    assert {"namespace_prefixes", "education_organizations", "assigned_profiles", "claim_set"} <= set(by_form)
+    assert requests.post(url, data={"token": "nope"}, timeout=10).json() == {"active": False}

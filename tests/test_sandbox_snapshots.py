@@ -39,7 +39,7 @@ def test_snapshot_reads_see_the_past(api: Api) -> None:
     taken = requests.post(api.sb.base_url + "/_sandbox/snapshots", timeout=30)
     assert taken.status_code == 201
     ident = taken.json()["snapshotIdentifier"]
-    before = api.changes("availableChangeVersions").json()["newestChangeVersion"]
+    before = api.newest()
     if not api.sb.config.is_v7:
         [listed] = api.changes("snapshots").json()
         assert listed["snapshotIdentifier"] == ident and listed["snapshotDateTime"]
@@ -54,7 +54,7 @@ def test_snapshot_reads_see_the_past(api: Api) -> None:
     first = next(s for s in snap.json() if s["studentUniqueId"] == "S0000")
     assert first["firstName"] == "Ada"
     assert api.get(f"/ed-fi/studentSchoolAssociations/{gone['id']}", headers=headers).status_code == 200
-    assert api.changes("availableChangeVersions", headers=headers).json()["newestChangeVersion"] == before
+    assert api.newest(headers=headers) == before
     assert api.get("/ed-fi/studentSchoolAssociations/deletes", headers=headers).json() == []
     assert len(api.get("/ed-fi/studentSchoolAssociations/deletes").json()) == 1
 

@@ -52,9 +52,9 @@ def test_post_creates_then_updates_by_natural_key(api: Api) -> None:
 
 
 def test_unchanged_upsert_does_not_bump_change_version(api: Api) -> None:
-    before = api.changes("availableChangeVersions").json()["newestChangeVersion"]
+    before = api.newest()
     assert api.post("/ed-fi/students", student("S0000")).status_code == 200
-    assert api.changes("availableChangeVersions").json()["newestChangeVersion"] == before
+    assert api.newest() == before
 
 
 def test_post_with_id_is_rejected(api: Api) -> None:
@@ -204,3 +204,15 @@ def test_wrong_methods_are_405(api: Api) -> None:
 
 def test_unknown_resource_is_404(api: Api) -> None:
     assert api.get("/ed-fi/notAResource").status_code == 404
+
+
+def test_descriptors_get_their_integer_id_and_collections_default_to_empty(api: Api) -> None:
+    [grade] = api.get("/ed-fi/gradeLevelDescriptors").json()
+    assert isinstance(grade["gradeLevelDescriptorId"], int)
+    assert list(grade)[:2] == ["id", "gradeLevelDescriptorId"]
+    # a client sending the server's integer id back changes nothing
+    again = api.post("/ed-fi/gradeLevelDescriptors", {k: v for k, v in grade.items() if k != "id"})
+    assert again.status_code == 200
+    assert api.get(f"/ed-fi/gradeLevelDescriptors/{grade['id']}").json()["_etag"] == grade["_etag"]
+    [one] = api.get("/ed-fi/students", params={"studentUniqueId": "S0000"}).json()
+    assert one["otherNames"] == [] and one["visas"] == []

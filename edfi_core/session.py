@@ -1,0 +1,594 @@
+"""An HTTP client for Ed-Fi ODS/APIs: URL discovery, bearer tokens, retries, readable errors.
+
+:class:`EdFiClient` reads the root (discovery) payload once to find the data, OAuth, metadata,
+dependencies and change-query URLs of the deployment (5.x/6.x year-specific and instance
+segments, 7.x tenant/context routes, explicit overrides), then sends requests with one shared
+bearer token (:mod:`edfi_core.auth`). Transient failures (429 honouring ``Retry-After``, 500, 502,
+503, 504, timeouts, refused or dropped connections) are retried with jittered exponential backoff
+(``backoff``); a 401 renews the token once. Errors name the method, URL, status and the server's
+own message (``{"message": ...}`` bodies before 7.2, problem details after) and never a secret.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import backoff
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+
+from edfi_core.auth import TRANSIENT_ERRORS, AuthError, TokenManager
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+TRANSIENT_EXCEPTIONS = TRANSIENT_ERRORS  # refused, reset, timed out, dropped mid-body
+USER_AGENT = "edfi-singer/0.1"
+
+
+# -- errors -----------------------------------------------------------------------------------------
+class EdFiHTTPError(RuntimeError):
+    """A request that failed for good: names the method, URL, status and the server's message."""
+
+    def __init__(self, method: str, url: str, status: int | None, message: str, *, tries: int = 1,
+                 response: requests.Response | None = None) -> None:
+        self.method = method
+        self.url = url
+        self.status = status
+        self.server_message = message
+        self.tries = tries
+        self.response = response
+        what = f"HTTP {status}" if status is not None else "no response"
+        text = f"{method} {url} failed: {what}"
+        if message:
+            text += f": {message}"
+        if tries > 1:
+            text += f" (after {tries} tries)"
+        super().__init__(text)
+
+
+class _Transient(Exception):
+    """An attempt worth retrying (internal)."""
+
+    def __init__(self, reason: str, response: requests.Response | None = None,
+                 retry_after: float | None = None, cause: BaseException | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.response = response
+        self.retry_after = retry_after
+        self.cause = cause
+
+
+def server_message(resp: requests.Response | None, limit: int = 500) -> str:
+    """The server's own explanation of an error response, whatever its format."""
+    if resp is None:
+        return ""
+    body = resp.content or b""
+    if not body:
+        return resp.reason or ""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = re.sub(r"<[^>]+>", " ", body.decode("utf-8", "replace"))
+        return re.sub(r"\s+", " ", text).strip()[:limit]
+    if isinstance(data, dict):
+        parts: list[str] = []
+        for key in ("detail", "message", "error", "error_description"):
+            if data.get(key):
+                parts.append(str(data[key]))
+        if not parts and data.get("title"):
+            parts.append(str(data["title"]))
+        if data.get("type"):
+            parts.append(f"[{data['type']}]")
+        for key in ("validationErrors", "modelState"):
+            if isinstance(data.get(key), dict):
+                for path, msgs in data[key].items():
+                    parts.append(f"{path}: {'; '.join(map(str, msgs if isinstance(msgs, list) else [msgs]))}")
+        if isinstance(data.get("errors"), list):
+            parts.extend(str(e) for e in data["errors"])
+        if parts:
+            return " ".join(parts)[:limit]
+    return str(data)[:limit]
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+# -- statistics --------------------------------------------------------------------------------------
+@dataclass
+class ClientStats:
+    """Counters for progress reports and benchmarks (thread-safe through ``add``)."""
+
+    requests: int = 0
+    retries: int = 0
+    auth_renewals: int = 0
+    token_fetches: int = 0
+    bytes_received: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+    retry_reasons: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_response(self, status: int, size: int) -> None:
+        with self._lock:
+            self.requests += 1
+            self.bytes_received += size
+            self.by_status[status] = self.by_status.get(status, 0) + 1
+
+    def count_failure(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+    def count_retry(self, reason: str) -> None:
+        with self._lock:
+            self.retries += 1
+            self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + 1
+
+    def count_auth_renewal(self) -> None:
+        with self._lock:
+            self.auth_renewals += 1
+
+    def count_token_fetch(self) -> None:
+        with self._lock:
+            self.token_fetches += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": self.requests, "retries": self.retries, "auth_renewals": self.auth_renewals,
+                "token_fetches": self.token_fetches, "bytes_received": self.bytes_received,
+                "by_status": dict(self.by_status), "retry_reasons": dict(self.retry_reasons),
+            }
+
+
+# -- URLs and versions -------------------------------------------------------------------------------
+def parse_version(text: str | None) -> tuple[int, int]:
+    m = re.match(r"^\s*v?(\d+)(?:\.(\d+))?", str(text or ""))
+    if not m:
+        return (0, 0)
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
+@dataclass
+class ApiUrls:
+    root: str
+    data: str  # .../data/v3[/{instance}][/{year}] (no trailing slash)
+    oauth: str
+    metadata: str  # the OpenAPI metadata listing
+    dependencies: str
+    change_queries: str | None  # .../changeQueries/v1[/{year}] (no trailing slash)
+    token_info: str | None = None
+
+
+@dataclass
+class ApiInfo:
+    """What the root payload says about the API."""
+
+    root: dict[str, Any]
+    urls: ApiUrls
+
+    @property
+    def version_text(self) -> str:
+        return str(self.root.get("version") or "")
+
+    @property
+    def version(self) -> tuple[int, int]:
+        return parse_version(self.version_text)
+
+    @property
+    def informational_version(self) -> str:
+        return str(self.root.get("informationalVersion") or self.version_text)
+
+    @property
+    def is_dms(self) -> bool:
+        """The Ed-Fi Data Management Service (API v8): accepts but ignores snapshots."""
+        name = str(self.root.get("applicationName") or "").lower()
+        return "data management service" in name or (self.version >= (1, 0) and self.version < (3, 0))
+
+    @property
+    def data_models(self) -> list[dict[str, Any]]:
+        return list(self.root.get("dataModels") or [])
+
+    @property
+    def data_standard(self) -> str:
+        for model in self.data_models:
+            if str(model.get("name", "")).lower() == "ed-fi":
+                return str(model.get("version") or "")
+        return ""
+
+    @property
+    def api_mode(self) -> str:
+        return str(self.root.get("apiMode") or "")
+
+    # what the version supports (WIRE.md sections 3 and 4)
+    @property
+    def deletes_have_keys(self) -> bool:
+        return self.is_dms or self.version >= (6, 0)
+
+    @property
+    def has_key_changes(self) -> bool:
+        return self.is_dms or self.version >= (6, 0)
+
+    @property
+    def has_partitions(self) -> bool:
+        return not self.is_dms and self.version >= (7, 3)
+
+    @property
+    def snapshot_style(self) -> str | None:
+        """``"use-snapshot"`` (7.x header), ``"identifier"`` (5.2-6.x) or None."""
+        if self.is_dms:
+            return None
+        if self.version >= (7, 0):
+            return "use-snapshot"
+        if self.version >= (5, 2):
+            return "identifier"
+        return None
+
+    @property
+    def min_limit(self) -> int:
+        """The smallest ``limit`` the server takes (0 from 7.0: a count without items)."""
+        return 0 if (self.is_dms or self.version >= (7, 0)) else 1
+
+
+_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+_YEAR_SEGMENT = re.compile(r"/(\d{4})(?=/|$)")
+
+
+def resolve_urls(
+    base_url: str,
+    root: Mapping[str, Any],
+    *,
+    school_year: int | str | None = None,
+    instance: str | None = None,
+    tenant: str | None = None,
+    context: str | None = None,
+    overrides: Mapping[str, str | None] | None = None,
+) -> ApiUrls:
+    """The URLs of one deployment, from the root payload's ``urls`` and the routing settings.
+
+    * 5.x/6.x year-specific roots bake the current calendar year into their URLs: ``school_year``
+      replaces it; instance-year-specific roots carry an ``{instance}`` placeholder.
+    * 7.x roots of multi-tenant or context-routed deployments may show ``{tenantIdentifier}`` or
+      context placeholders (``{schoolYearFromRoute}``): ``tenant`` and ``context`` (or
+      ``school_year``) fill them. A ``base_url`` that already includes them needs nothing.
+    * 5.x roots have no ``changeQueries`` URL: it is derived from the data URL.
+    * ``overrides`` (``data``, ``oauth``, ``metadata``, ``dependencies``, ``change_queries``)
+      win over everything.
+    """
+    base = base_url.rstrip("/")
+    urls: dict[str, str] = {k: str(v) for k, v in (root.get("urls") or {}).items() if v}
+    year = str(school_year) if school_year else None
+
+    def fill(url: str) -> str:
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1).lower()
+            if "tenant" in name and tenant:
+                return tenant
+            if name == "instance" and instance:
+                return instance
+            if ("year" in name or "context" in name) and (context or year):
+                return str(context or year)
+            return m.group(0)
+
+        url = _PLACEHOLDER.sub(sub, url)
+        mode = str(root.get("apiMode") or "").lower()
+        if year and "year" in mode and url.startswith(base):
+            url = base + _YEAR_SEGMENT.sub(f"/{year}", url[len(base):])
+        return url
+
+    if not urls:
+        logger.warning("the root payload at %s lists no urls; assuming the standard layout", base)
+        urls = {
+            "dataManagementApi": f"{base}/data/v3",
+            "oauth": f"{base}/oauth/token",
+            "openApiMetadata": f"{base}/metadata",
+            "dependencies": f"{base}/metadata/data/v3/dependencies",
+            "changeQueries": f"{base}/changeQueries/v1",
+        }
+    resolved = {k: fill(v) for k, v in urls.items()}
+    data = resolved.get("dataManagementApi", f"{base}/data/v3").rstrip("/")
+    change_queries = resolved.get("changeQueries")
+    if not change_queries and "/data/v3" in data:
+        change_queries = data.replace("/data/v3", "/changeQueries/v1", 1)
+    result = ApiUrls(
+        root=base,
+        data=data,
+        oauth=resolved.get("oauth", f"{base}/oauth/token"),
+        metadata=resolved.get("openApiMetadata", f"{base}/metadata"),
+        dependencies=resolved.get("dependencies", f"{base}/metadata/data/v3/dependencies"),
+        change_queries=change_queries.rstrip("/") if change_queries else None,
+        token_info=resolved.get("oauthTokenIntrospection"),
+    )
+    for key, value in (overrides or {}).items():
+        if value:
+            setattr(result, key, value.rstrip("/") if key in ("data", "change_queries") else value)
+    for name in ("data", "oauth", "metadata", "change_queries"):
+        value = getattr(result, name)
+        if value and _PLACEHOLDER.search(value):
+            raise ValueError(
+                f"the {name} URL {value} still has a route placeholder: set tenant, context, school_year "
+                "or instance, or give a base_url that includes them"
+            )
+    return result
+
+
+# -- the client --------------------------------------------------------------------------------------
+class EdFiClient:
+    """Requests to one Ed-Fi API, shared by every thread of a run."""
+
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        max_workers: int = 8,
+        timeout: float = 120.0,
+        connect_timeout: float = 10.0,
+        max_tries: int = 8,
+        backoff_factor: float = 0.5,
+        backoff_max: float = 30.0,
+        max_retry_after: float = 300.0,
+        school_year: int | str | None = None,
+        instance: str | None = None,
+        tenant: str | None = None,
+        context: str | None = None,
+        url_overrides: Mapping[str, str | None] | None = None,
+        scope: str | None = None,
+        verify: bool = True,
+        user_agent: str = USER_AGENT,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.max_tries = max(1, int(max_tries))
+        self.timeout = (connect_timeout, timeout)
+        self.backoff_factor = backoff_factor
+        self.backoff_max = backoff_max
+        self.max_retry_after = max_retry_after
+        self.routing = {"school_year": school_year, "instance": instance, "tenant": tenant, "context": context}
+        self.url_overrides = dict(url_overrides or {})
+        self.stats = ClientStats()
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(4, max_workers + 4), max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.verify = verify
+        self.session.headers.update({"Accept": "application/json", "User-Agent": user_agent})
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._scope = scope
+        self._info: ApiInfo | None = None
+        self._tokens: TokenManager | None = None
+        self._lock = threading.Lock()
+        self._send = backoff.on_exception(
+            self._wait_gen,
+            _Transient,
+            max_tries=lambda: self.max_tries,
+            jitter=None,  # the wait generator jitters itself (and honours Retry-After)
+            on_backoff=self._on_backoff,
+            raise_on_giveup=True,
+            logger=None,  # _on_backoff logs, with the URL
+        )(self._attempt)
+
+    def __repr__(self) -> str:
+        return f"EdFiClient({self.base_url!r})"
+
+    # -- discovery ------------------------------------------------------------------------------
+    @property
+    def info(self) -> ApiInfo:
+        if self._info is None:
+            with self._lock:
+                if self._info is None:
+                    self._info = self._discover()
+        return self._info
+
+    @property
+    def urls(self) -> ApiUrls:
+        return self.info.urls
+
+    def _discover(self) -> ApiInfo:
+        resp = self.request("GET", self.base_url + "/", auth=False)
+        if not resp.ok:
+            raise EdFiHTTPError("GET", self.base_url + "/", resp.status_code, server_message(resp),
+                                response=resp)
+        try:
+            root = orjson.loads(resp.content)
+        except orjson.JSONDecodeError as exc:
+            raise EdFiHTTPError("GET", self.base_url + "/", resp.status_code,
+                                "the API root did not answer with JSON: is base_url the API root?") from exc
+        if not isinstance(root, dict) or "version" not in root:
+            raise EdFiHTTPError("GET", self.base_url + "/", resp.status_code,
+                                "not an Ed-Fi root payload (no version): is base_url the API root?")
+        urls = resolve_urls(self.base_url, root, overrides=self.url_overrides, **self.routing)
+        info = ApiInfo(root, urls)
+        logger.info("Ed-Fi API %s (%s), data standard %s, data at %s", info.informational_version,
+                    info.root.get("build", "?"), info.data_standard or "?", urls.data)
+        return info
+
+    @property
+    def tokens(self) -> TokenManager:
+        if self._tokens is None:
+            with self._lock:
+                if self._tokens is None:
+                    self._tokens = TokenManager(
+                        self.urls.oauth, self._client_id, self._client_secret, session=self.session,
+                        scope=self._scope, timeout=self.timeout, max_tries=min(self.max_tries, 6),
+                        on_refresh=self.stats.count_token_fetch,
+                    )
+        return self._tokens
+
+    def data_url(self, path: str) -> str:
+        """``/ed-fi/students`` -> the full URL under the data management API."""
+        return self.urls.data + "/" + path.lstrip("/")
+
+    # -- requests -------------------------------------------------------------------------------
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+        auth: bool = True,
+    ) -> requests.Response:
+        """Send with retries; returns the final response (any non-transient status).
+
+        Raises :class:`EdFiHTTPError` when the retries run out, :class:`AuthError` when no token
+        can be had.
+        """
+        body = orjson.dumps(json) if json is not None else data
+        hdrs = dict(headers or {})
+        if json is not None:
+            hdrs.setdefault("Content-Type", "application/json")
+        try:
+            return self._send(method, url, params, body, hdrs, auth)
+        except _Transient as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            message = server_message(exc.response) if exc.response is not None else exc.reason
+            raise EdFiHTTPError(method, _full_url(url, params), status, message, tries=self.max_tries,
+                                response=exc.response) from exc.cause
+
+    def _attempt(self, method: str, url: str, params: Mapping[str, Any] | None, body: Any,
+                 headers: dict[str, str], auth: bool) -> requests.Response:
+        renewed = False
+        while True:
+            hdrs = headers
+            token = None
+            if auth:
+                token, bearer = self.tokens.auth_header()
+                hdrs = {**headers, **bearer}
+            try:
+                resp = self.session.request(method, url, params=params, data=body, headers=hdrs,
+                                            timeout=self.timeout)
+            except TRANSIENT_EXCEPTIONS as exc:
+                self.stats.count_failure()
+                raise _Transient(type(exc).__name__, cause=exc) from exc
+            self.stats.count_response(resp.status_code, len(resp.content))
+            if resp.status_code == 401 and auth and not renewed:
+                # expired or revoked: renew once (one fetch however many threads saw the 401)
+                self.tokens.invalidate(token)
+                self.stats.count_auth_renewal()
+                renewed = True
+                continue
+            if resp.status_code in RETRY_STATUSES:
+                raise _Transient(f"HTTP {resp.status_code}", resp, _retry_after(resp))
+            return resp
+
+    def _wait_gen(self) -> Iterator[float]:
+        """Exponential backoff with jitter; a ``Retry-After`` from the server wins."""
+        exc: Any = yield  # type: ignore[misc]
+        n = 0
+        while True:
+            delay = min(self.backoff_max, self.backoff_factor * (2**n))
+            wait = delay / 2 + random.uniform(0, delay / 2)  # "equal jitter": never zero
+            if isinstance(exc, _Transient) and exc.retry_after is not None:
+                wait = min(self.max_retry_after, exc.retry_after) + random.uniform(0, 0.25)
+            n += 1
+            exc = yield wait
+
+    def _on_backoff(self, details: dict[str, Any]) -> None:
+        exc = details.get("exception")
+        reason = exc.reason if isinstance(exc, _Transient) else "error"
+        self.stats.count_retry(reason)
+        method, url, params = details["args"][0], details["args"][1], details["args"][2]
+        logger.warning("%s %s: %s; retry %d/%d in %.1fs", method, _full_url(url, params), reason,
+                       details["tries"], self.max_tries - 1, details["wait"])
+
+    def get(self, url: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", url, **kwargs)
+
+    def put(self, url: str, **kwargs: Any) -> requests.Response:
+        return self.request("PUT", url, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> requests.Response:
+        return self.request("DELETE", url, **kwargs)
+
+    def get_json(self, url: str, *, params: Mapping[str, Any] | None = None,
+                 headers: Mapping[str, str] | None = None, auth: bool = True) -> Any:
+        """GET and parse JSON; any non-2xx answer raises :class:`EdFiHTTPError`."""
+        resp = self.request("GET", url, params=params, headers=headers, auth=auth)
+        check(resp, "GET", url, params)
+        try:
+            return orjson.loads(resp.content)
+        except orjson.JSONDecodeError as exc:
+            raise EdFiHTTPError("GET", _full_url(url, params), resp.status_code,
+                                "the response is not JSON") from exc
+
+    # -- change queries -------------------------------------------------------------------------
+    def available_change_versions(self, headers: Mapping[str, str] | None = None) -> tuple[int, int]:
+        """(oldestChangeVersion, newestChangeVersion); year-specific routes included."""
+        if not self.urls.change_queries:
+            raise EdFiHTTPError("GET", self.base_url, None, "this API publishes no change queries URL")
+        body = self.get_json(self.urls.change_queries + "/availableChangeVersions", headers=headers)
+        try:
+            return int(body.get("oldestChangeVersion") or 0), int(body["newestChangeVersion"])
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise EdFiHTTPError("GET", self.urls.change_queries + "/availableChangeVersions", 200,
+                                f"unexpected body {str(body)[:200]}") from exc
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """The snapshots a 5.2-6.x server offers (``GET /changeQueries/v1/snapshots``)."""
+        if not self.urls.change_queries:
+            return []
+        url = self.urls.change_queries + "/snapshots"
+        resp = self.request("GET", url)
+        if resp.status_code in (404, 405):
+            return []
+        check(resp, "GET", url)
+        body = orjson.loads(resp.content or b"[]")
+        return body if isinstance(body, list) else []
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _full_url(url: str, params: Mapping[str, Any] | None) -> str:
+    if not params:
+        return url
+    from urllib.parse import urlencode
+
+    return f"{url}?{urlencode({k: v for k, v in params.items() if v is not None})}"
+
+
+def check(resp: requests.Response, method: str, url: str, params: Mapping[str, Any] | None = None) -> None:
+    """Raise :class:`EdFiHTTPError` unless ``resp`` is a success."""
+    if not resp.ok:
+        raise EdFiHTTPError(method, _full_url(url, params), resp.status_code, server_message(resp),
+                            response=resp)
+
+
+__all__ = [
+    "ApiInfo",
+    "ApiUrls",
+    "AuthError",
+    "ClientStats",
+    "EdFiClient",
+    "EdFiHTTPError",
+    "check",
+    "parse_version",
+    "resolve_urls",
+    "server_message",
+]

@@ -1,0 +1,468 @@
+"""The sync engine: every selected stream read concurrently, written in a fixed order, STATE per window.
+
+A run reads ``newestChangeVersion`` once (:func:`resolve_run`); it is the upper bound of every
+stream in the run. Each stream has one or two **sources** (its items, its inline deletes, or the
+``/deletes`` / ``/keyChanges`` it stands for), each read from its bookmark + 1 to that bound.
+
+Work flows through one bounded thread pool (``max_workers``):
+
+1. *planning* a source (counting, cutting windows, asking for partitions) is submitted a fixed
+   number of sources ahead of the writer, so many small streams (descriptors) cost one round
+   trip each, all in parallel;
+2. every *chunk* of every window (a reverse offset chain, a partition, a group of snapshot pages)
+   is submitted as soon as it is planned, while at most ``2 * max_workers`` chunks are in flight or
+   waiting to be written (bounded memory);
+3. the main thread writes chunks in plan order (streams by name, windows by change version), so
+   the output is deterministic, and after the last chunk of a window sets the source's bookmark to
+   the window's upper change version and writes STATE. A run killed at any point resumes from
+   the last STATE and re-reads at most the windows that were not finished.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from edfi_core.session import EdFiClient, EdFiHTTPError
+from tap_edfi.output import SingerOutput
+from tap_edfi.paging import Endpoint, PageReader, Planner, Window, fetch_chunk
+from tap_edfi.progress import Progress
+from tap_edfi.streams import DELETED_AT, DELETES, ITEMS, KEY_CHANGES, EdFiStream
+
+if TYPE_CHECKING:
+    from tap_edfi.tap import TapEdFi
+
+logger = logging.getLogger(__name__)
+
+
+class SyncError(RuntimeError):
+    """A fatal error while syncing: names the stream, and through the cause the URL and status."""
+
+
+class SettingsError(ValueError):
+    """Settings the API cannot honour (snapshot required but absent, cursor paging on < 7.3)."""
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+@dataclass
+class RunContext:
+    """What one run reads: the change-version bound, snapshot headers and the paging strategy."""
+
+    newest: int | None  # None: the API has no change queries: every run reads everything
+    oldest: int
+    paging: str  # reverse | forward | cursor
+    snapshot_headers: dict[str, str] = field(default_factory=dict)
+    snapshot: str | None = None  # what snapshot is read, for logs
+    started_at: str = ""
+
+    @property
+    def change_queries(self) -> bool:
+        return self.newest is not None
+
+
+def utc_now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def resolve_run(client: EdFiClient, use_snapshot: str = "auto", paging: str = "auto") -> RunContext:
+    """Read the run's upper bound once, choosing a snapshot and a paging strategy (WIRE.md 3, 8)."""
+    info = client.info
+    headers: dict[str, str] = {}
+    label: str | None = None
+    versions: tuple[int, int] | None = None
+    if use_snapshot != "never":
+        if info.is_dms:
+            logger.warning("this API (%s) accepts snapshot headers but ignores them: reads are not isolated, "
+                           "so the tap pages without a snapshot", info.root.get("applicationName") or "DMS")
+        elif info.snapshot_style == "use-snapshot":
+            try:
+                versions = client.available_change_versions({"Use-Snapshot": "true"})
+                headers = {"Use-Snapshot": "true"}
+                label = "the API's snapshot (Use-Snapshot: true)"
+            except EdFiHTTPError as exc:
+                if exc.status not in (404, 410):
+                    raise
+                logger.log(logging.INFO if use_snapshot == "auto" else logging.ERROR,
+                           "the API has no snapshot (%s)", exc.server_message or exc.status)
+        elif info.snapshot_style == "identifier":
+            snaps = [s for s in client.snapshots() if s.get("snapshotIdentifier")]
+            if snaps:
+                latest = max(snaps, key=lambda s: str(s.get("snapshotDateTime") or ""))
+                ident = str(latest["snapshotIdentifier"])
+                try:
+                    versions = client.available_change_versions({"Snapshot-Identifier": ident})
+                    headers = {"Snapshot-Identifier": ident}
+                    label = f"snapshot {ident} of {latest.get('snapshotDateTime')}"
+                except EdFiHTTPError as exc:
+                    if exc.status not in (404, 410):
+                        raise
+                    logger.warning("snapshot %s is not available (%s)", ident, exc.server_message)
+            else:
+                logger.log(logging.INFO if use_snapshot == "auto" else logging.ERROR,
+                           "the API lists no snapshots at %s/snapshots", client.urls.change_queries)
+        else:
+            logger.info("ODS/API %s has no snapshots", info.version_text)
+        if not headers and use_snapshot == "always":
+            raise SettingsError(
+                f"use_snapshot is 'always' but the API at {client.base_url} (ODS/API {info.informational_version}) "
+                "has no snapshot to read: ask the host to create one, or set use_snapshot to auto or never"
+            )
+    if versions is None:
+        try:
+            versions = client.available_change_versions()
+        except EdFiHTTPError as exc:
+            if exc.status not in (404, 405):
+                raise
+            logger.warning("the API has no change queries (%s): every run reads every item, without bookmarks",
+                           exc)
+    if paging == "cursor" and not info.has_partitions:
+        raise SettingsError(f"paging is 'cursor' but ODS/API {info.informational_version} has no cursor paging "
+                            "(/partitions came with 7.3): use paging auto or offset")
+    if headers and paging != "cursor":
+        mode = "forward"
+    elif paging == "cursor" or (paging == "auto" and info.has_partitions):
+        mode = "cursor"
+    else:
+        mode = "reverse"
+    oldest, newest = versions if versions is not None else (0, None)
+    run = RunContext(newest=newest, oldest=oldest, paging=mode, snapshot_headers=headers, snapshot=label,
+                     started_at=utc_now_iso())
+    how = {"forward": "offset paging inside the snapshot", "cursor": "cursor paging over partitions",
+           "reverse": "reverse offset paging over change-version windows"}[mode]
+    logger.info("run bound: newestChangeVersion %s (oldest %s); reading %s with %s",
+                newest, oldest, label or "live data", how)
+    return run
+
+
+# -- sources ----------------------------------------------------------------------------------------------
+@dataclass
+class Source:
+    """A sequence of windows that writes to one stream and keeps one bookmark."""
+
+    stream: EdFiStream
+    endpoint: Endpoint
+    kind: str  # items | deletes | keyChanges
+    state_key: str
+    lo: int | None
+    hi: int | None
+    tombstones: bool = False  # inline deletes: /deletes entries become records with _sdc_deleted_at
+
+    @property
+    def label(self) -> str:
+        return f"{self.stream.name} ({self.kind} of {self.stream.resource.path})"
+
+
+@dataclass
+class _Chunk:
+    source: Source
+    window: Window
+    index: int
+    future: Future | None
+    records: list[Any] | None = None
+
+
+@dataclass
+class _Marker:
+    what: str  # schema | window_end | source_end
+    source: Source | None = None
+    stream: EdFiStream | None = None
+    window: Window | None = None
+    last: bool = False  # source_end: the stream's last source
+
+
+class SyncEngine:
+    def __init__(self, tap: TapEdFi, streams: list[EdFiStream], run: RunContext,
+                 output: SingerOutput | None = None, progress: Progress | None = None) -> None:
+        self.tap = tap
+        self.client: EdFiClient = tap.client
+        self.streams = streams
+        self.run = run
+        self.settings = tap.settings
+        self.output = output or SingerOutput()
+        self.progress = progress or Progress(interval=float(self.settings.get("progress_interval", 10)))
+        self.max_workers = max(1, int(self.settings["max_workers"]))
+        page_size = int(self.settings["page_size"])
+        self.reader = PageReader(self.client, page_size, self.client.info.min_limit)
+        step = int(self.settings.get("change_version_step_size") or 0)
+        rows = int(self.settings.get("max_window_rows") or 0)
+        self.planner = Planner(self.reader, run.paging, rows or page_size * (10 if run.paging == "reverse" else 50),
+                               step)
+        self.deletes_planner = Planner(self.reader, "reverse", rows or page_size * 10, step)
+        self.plan_ahead = max(8, 4 * self.max_workers)
+        self.lookahead = max(2, 2 * self.max_workers)
+        self.fail_on_forbidden = bool(self.settings.get("fail_on_forbidden"))
+        self._warned: set[str] = set()
+        self._state_dirty = False
+        self._last_state_write = 0.0
+
+    # -- state --------------------------------------------------------------------------------------
+    @property
+    def state(self) -> dict[str, Any]:
+        return self.tap.state
+
+    def bookmark(self, stream: str, key: str) -> int | None:
+        value = (self.state.get("bookmarks") or {}).get(stream, {}).get(key)
+        return int(value) if isinstance(value, (int, str)) and str(value).lstrip("-").isdigit() else None
+
+    def set_bookmark(self, stream: str, key: str, value: int) -> None:
+        entry = self.state.setdefault("bookmarks", {}).setdefault(stream, {})
+        if entry.get(key) != value:
+            entry[key] = value
+            self._state_dirty = True
+
+    def write_state(self, force: bool = False) -> None:
+        if self._state_dirty or force:
+            self.output.write_state(self.state)
+            self._state_dirty = False
+            self._last_state_write = time.monotonic()
+
+    # -- planning sources ---------------------------------------------------------------------------
+    def start_for(self, stream: EdFiStream, key: str) -> int | None:
+        """The first change version to read for a source (None when the API has no change queries)."""
+        if not self.run.change_queries:
+            return None
+        start = int(self.settings.get("start_change_version") or 0)
+        if stream.replication_method == "FULL_TABLE":
+            return start
+        mark = self.bookmark(stream.name, key)
+        if mark is None:
+            return start
+        if self.run.newest is not None and mark > self.run.newest:
+            logger.warning("%s: bookmark %s is above the API's newest change version %s (database restored?); "
+                           "reading the stream again from %s", stream.name, mark, self.run.newest, start)
+            return start
+        if mark + 1 < self.run.oldest and key != "change_version":
+            logger.warning("%s: the API keeps changes from %s only; deletes before that are lost", stream.name,
+                           self.run.oldest)
+        return mark + 1
+
+    def endpoint(self, stream: EdFiStream, kind: str) -> Endpoint:
+        res = stream.resource
+        url = self.client.data_url(res.path)
+        if kind == ITEMS:
+            headers = dict(self.run.snapshot_headers)
+            profile = self.settings.get("profile")
+            if profile:
+                headers["Accept"] = f"application/vnd.ed-fi.{res.entity.lower()}.{profile.lower()}.readable+json"
+            return Endpoint(stream.name, url, ITEMS, headers, cursor=self.run.paging == "cursor")
+        # /deletes and /keyChanges fail with snapshot headers on some 7.x builds: read them live,
+        # bounded by the same change version
+        return Endpoint(stream.name, f"{url}/{kind}", kind, {})
+
+    def sources_for(self, stream: EdFiStream) -> list[Source]:
+        hi = self.run.newest
+        if stream.kind == ITEMS:
+            out = [Source(stream, self.endpoint(stream, ITEMS), ITEMS, "change_version",
+                          self.start_for(stream, "change_version"), hi)]
+            if stream.inline_deletes and self.run.change_queries:
+                out.append(Source(stream, self.endpoint(stream, DELETES), DELETES, "deletes_change_version",
+                                  self.start_for(stream, "deletes_change_version"), hi, tombstones=True))
+            return out
+        if not self.run.change_queries:
+            return []
+        if stream.kind == KEY_CHANGES and not self.client.info.has_key_changes:
+            if "key_changes" not in self._warned:
+                self._warned.add("key_changes")
+                logger.info("ODS/API %s has no key changes: *_key_changes streams stay empty",
+                            self.client.info.version_text)
+            return []
+        return [Source(stream, self.endpoint(stream, stream.kind), stream.kind, "change_version",
+                       self.start_for(stream, "change_version"), hi)]
+
+    def plan(self, source: Source) -> list[Window] | None:
+        """The windows of a source (in a worker); None when the client may not read it."""
+        planner = self.planner if source.kind == ITEMS else self.deletes_planner
+        try:
+            return planner.plan(source.endpoint, source.lo, source.hi)
+        except EdFiHTTPError as exc:
+            if exc.status == 403 and not self.fail_on_forbidden:
+                self.skip(source, f"not authorized (HTTP 403: {exc.server_message})")
+                return None
+            if exc.status == 404 and source.kind != ITEMS:
+                self.skip(source, f"the API has no {source.kind} for {source.stream.resource.path}")
+                return None
+            raise SyncError(f"stream '{source.stream.name}': {exc}") from exc
+
+    def skip(self, source: Source, reason: str) -> None:
+        key = f"{source.stream.name}:{source.kind}"
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning("skipping %s: %s", source.label, reason)
+        self.progress.skip(source.stream.name, reason)
+
+    def fetch(self, source: Source, window: Window, index: int) -> list[Any]:
+        try:
+            return fetch_chunk(self.reader, source.endpoint, window, window.chunks[index])
+        except EdFiHTTPError as exc:
+            raise SyncError(f"stream '{source.stream.name}': {exc}") from exc
+
+    # -- running ------------------------------------------------------------------------------------------
+    def run_all(self) -> dict[str, Any]:
+        sources: list[Source] = []
+        first_source: dict[str, int] = {}
+        self._last_source: dict[str, int] = {}
+        for stream in self.streams:
+            for src in self.sources_for(stream):
+                first_source.setdefault(stream.name, len(sources))
+                self._last_source[stream.name] = len(sources)
+                sources.append(src)
+            if stream.name not in first_source:  # nothing to read (no change queries): schema only
+                self.emit_schema(stream)
+        if self.state:
+            self.write_state(force=True)
+        pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="tap-edfi")
+        pending: deque[_Chunk | _Marker] = deque()
+        self._in_flight = 0
+        ok = False
+        try:
+            plans: dict[int, Future] = {}
+            next_plan = 0
+            for i, src in enumerate(sources):
+                while next_plan < len(sources) and next_plan <= i + self.plan_ahead:
+                    plans[next_plan] = pool.submit(self.plan, sources[next_plan])
+                    next_plan += 1
+                if first_source.get(src.stream.name) == i:
+                    pending.append(_Marker("schema", stream=src.stream))
+                windows = plans.pop(i).result()
+                if windows is None:
+                    if self._last_source[src.stream.name] == i:
+                        pending.append(_Marker("source_end", source=None, last=True, stream=src.stream))
+                    continue
+                for window in windows:
+                    if window.count:
+                        self.progress.expect(src.stream.name, window.count)
+                    for j, chunk in enumerate(window.chunks):
+                        fut = None if chunk.mode == "ready" else pool.submit(self.fetch, src, window, j)
+                        pending.append(_Chunk(src, window, j, fut, chunk.records if fut is None else None))
+                        self._in_flight += 1
+                        self._drain(pending, self.lookahead)
+                    pending.append(_Marker("window_end", source=src, window=window))
+                pending.append(_Marker("source_end", source=src, last=self._last_source[src.stream.name] == i))
+                self._drain(pending, self.lookahead)
+            self._drain(pending, 0)
+            ok = True
+        finally:
+            pool.shutdown(wait=ok, cancel_futures=not ok)
+            if not ok:
+                # whatever was completely written stays bookmarked
+                try:
+                    self.output.flush()
+                except Exception:  # pragma: no cover - stdout gone
+                    logger.debug("could not flush output", exc_info=True)
+        self.write_state(force=True)
+        self.output.flush()
+        return self.progress.summary(self.client.stats.as_dict())
+
+    def _drain(self, pending: deque, keep: int) -> None:
+        """Write finished work at the head of the queue while more than ``keep`` chunks wait."""
+        while pending and (self._in_flight > keep or isinstance(pending[0], _Marker)):
+            item = pending.popleft()
+            if isinstance(item, _Marker):
+                self._marker(item)
+                continue
+            records = item.records if item.future is None else item.future.result()
+            self._in_flight -= 1
+            self.emit(item.source, records)
+
+    def _marker(self, marker: _Marker) -> None:
+        if marker.what == "schema":
+            assert marker.stream is not None
+            self.emit_schema(marker.stream)
+            self.progress.start(marker.stream.name)
+        elif marker.what == "window_end":
+            assert marker.source is not None and marker.window is not None
+            if marker.window.hi is not None:
+                self.set_bookmark(marker.source.stream.name, marker.source.state_key, marker.window.hi)
+            self.progress.window_done(marker.source.stream.name)
+            self.write_state()
+        elif marker.what == "source_end" and marker.source is None:  # a skipped stream's end
+            assert marker.stream is not None
+            self.progress.finish(marker.stream.name)
+        elif marker.what == "source_end":
+            src = marker.source
+            assert src is not None
+            if src.hi is not None:
+                self.set_bookmark(src.stream.name, src.state_key, src.hi)
+            if marker.last:
+                self.progress.finish(src.stream.name)
+            if time.monotonic() - self._last_state_write > 1.0:
+                self.write_state()
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def emit_schema(self, stream: EdFiStream) -> None:
+        for msg in stream._generate_schema_messages():
+            self.output.write_schema(msg.stream, msg.schema, msg.key_properties or [], msg.bookmark_properties)
+
+    def emit(self, source: Source, records: list[Any]) -> None:
+        stream = source.stream
+        if not records:
+            return
+        ts = utc_now_iso()
+        fast = self.tap.fast_path(stream)
+        if source.tombstones:
+            tombs = [tombstone(stream, orjson.loads(bytes(r)), self.run.started_at) for r in records]
+            if fast:
+                for rec in tombs:
+                    self.output.write_record(stream.name, rec, ts)
+            else:
+                self._emit_sdk(stream, tombs)
+            self.progress.add(stream.name, 0, len(tombs))
+        else:
+            if fast:
+                self.output.write_raw_records(stream.name, records, ts)
+            else:
+                self._emit_sdk(stream, [orjson.loads(bytes(r)) for r in records])
+            if source.kind == DELETES:
+                self.progress.add(stream.name, 0, len(records))
+            else:
+                self.progress.add(stream.name, len(records))
+        self.progress.maybe_log(self.client.stats.as_dict(), stream.name)
+
+    def _emit_sdk(self, stream: EdFiStream, records: list[dict[str, Any]]) -> None:
+        """Stream maps, flattening or deselected fields: the SDK's own record processing."""
+        for record in records:
+            for msg in stream._generate_record_messages(record):
+                self.output.write_message(msg.to_dict())
+
+
+def tombstone(stream: EdFiStream, item: dict[str, Any], deleted_at: str) -> dict[str, Any]:
+    """A /deletes entry as a record of the item stream: id, _sdc_deleted_at and the key values."""
+    record: dict[str, Any] = {"id": item.get("id"), DELETED_AT: deleted_at}
+    key_paths = stream.resource.key_paths
+    for name, value in (item.get("keyValues") or {}).items():
+        path = key_paths.get(name)
+        if path is None:
+            continue
+        node = record
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[path[-1]] = value
+    return record
+
+
+# -- the SDK's per-stream path ---------------------------------------------------------------------------
+def iter_stream_records(tap: TapEdFi, stream: EdFiStream) -> Iterator[dict[str, Any]]:
+    """Records of one stream, read sequentially (``--test``, dry runs, the SDK's standard tests)."""
+    engine = SyncEngine(tap, [stream], tap.run_context, output=SingerOutput())
+    for source in engine.sources_for(stream):
+        windows = engine.plan(source)
+        for window in windows or []:
+            for index in range(len(window.chunks)):
+                for raw in engine.fetch(source, window, index):
+                    item = orjson.loads(bytes(raw))
+                    yield tombstone(stream, item, tap.run_context.started_at) if source.tombstones else item
+
+
+__all__ = ["RunContext", "SettingsError", "SyncEngine", "SyncError", "iter_stream_records", "resolve_run",
+           "tombstone"]
