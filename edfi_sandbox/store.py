@@ -185,12 +185,17 @@ class Store:
 
     # -- connections ---------------------------------------------------------------------------
     @staticmethod
-    def _connect(path: str) -> sqlite3.Connection:
+    def _connect(path: str, writer: bool = True) -> sqlite3.Connection:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=OFF")
-        conn.execute("PRAGMA cache_size=-1000000")  # up to ~1 GB of pages: indexes stay in memory
         conn.execute("PRAGMA temp_store=MEMORY")
+        if writer:
+            conn.execute("PRAGMA cache_size=-1000000")  # up to ~1 GB: the indexes a bulk load updates stay hot
+        else:
+            # many reader threads: share the OS page cache through a memory map, keep private caches small
+            conn.execute("PRAGMA mmap_size=17179869184")
+            conn.execute("PRAGMA cache_size=-32000")
         return conn
 
     def reader(self, snapshot: Snapshot | None = None) -> sqlite3.Connection:
@@ -201,7 +206,7 @@ class Store:
             conns = self._local.conns = {}
         conn = conns.get(key)
         if conn is None:
-            conn = conns[key] = self._connect(key)
+            conn = conns[key] = self._connect(key, writer=False)
             if snapshot:
                 conn.execute("PRAGMA query_only=ON")
             with self._lock:
