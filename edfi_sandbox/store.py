@@ -612,7 +612,8 @@ class Store:
         rows: list[tuple] = []
         ref_rows: list[tuple] = []
         dumps = orjson.dumps
-        urandom = os.urandom
+        blake = hashlib.blake2b
+        id_salt = path.encode() + b"\0id\0"
         with self._lock:
             self._writer.execute("BEGIN")
             try:
@@ -644,7 +645,8 @@ class Store:
                         key[name] = node
                     if arrays:
                         _fill_arrays(doc, arrays)
-                    item_id = urandom(16).hex()
+                    # the same district gets the same ids: derived from the resource and natural key
+                    item_id = blake(id_salt + dumps(key), digest_size=16).hexdigest()
                     head: JSON = {"id": item_id, desc_id: agg} if desc_id else {"id": item_id}
                     stored = {**head, **doc, "_etag": str(5_250_000_000_000_000_000 + cv * 7919),
                               "_lastModifiedDate": stamp}
