@@ -549,11 +549,16 @@ class SandboxApp:
         return Reply(200, blob, {"ETag": f'"{etag}"'})
 
     # writes --------------------------------------------------------------------------------------
-    def _body(self, res: Resource, req: Request) -> dict:
+    def _body(self, res: Resource, req: Request, *, post: bool = False) -> dict:
+        """The request's JSON body, validated against the resource's schema."""
         try:
             body = orjson.loads(req.body)
         except orjson.JSONDecodeError as exc:
             raise HttpError(400, "bad-request", "The request body could not be parsed as JSON.") from exc
+        if post and isinstance(body, dict) and body.get("id"):
+            raise HttpError(400, "bad-request:data-validation-failed",
+                            "Resource identifiers cannot be assigned by the client. The 'id' property should"
+                            " not be included in the request body.")
         errors = self.validators.errors(res, body)
         if errors:
             raise HttpError(400, "bad-request:data-validation-failed",
@@ -561,16 +566,7 @@ class SandboxApp:
         return body
 
     def _post(self, res: Resource, req: Request, base: str) -> Reply:
-        try:
-            raw = orjson.loads(req.body)
-        except orjson.JSONDecodeError as exc:
-            raise HttpError(400, "bad-request", "The request body could not be parsed as JSON.") from exc
-        if isinstance(raw, dict) and raw.get("id"):
-            raise HttpError(400, "bad-request:data-validation-failed",
-                            "Resource identifiers cannot be assigned by the client. The 'id' property should"
-                            " not be included in the request body.")
-        body = self._body(res, req)
-        result = self.store.upsert(res.path, body)
+        result = self.store.upsert(res.path, self._body(res, req, post=True))
         location = f"{self.layout.data_url(base)}{res.path}/{result.id}"
         return Reply(201 if result.created else 200, b"",
                      {"Location": location, "ETag": f'"{result.etag}"'}, content_type=None)
