@@ -544,7 +544,9 @@ class EdFiClient:
             raise EdFiHTTPError("GET", self.base_url, None, "this API publishes no change queries URL")
         body = self.get_json(self.urls.change_queries + "/availableChangeVersions", headers=headers)
         try:
-            return int(body.get("oldestChangeVersion") or 0), int(body["newestChangeVersion"])
+            # camelCase on most versions; 5.x serializes PascalCase (NewestChangeVersion)
+            values = {str(k).lower(): v for k, v in body.items()}
+            return int(values.get("oldestchangeversion") or 0), int(values["newestchangeversion"])
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise EdFiHTTPError("GET", self.urls.change_queries + "/availableChangeVersions", 200,
                                 f"unexpected body {str(body)[:200]}") from exc

@@ -178,7 +178,7 @@ class Planner:
         self.max_window_rows = max(reader.page_size, max_window_rows)
         self.step_size = max(0, step_size)
         self.pages_per_chunk = max(1, pages_per_chunk)
-        self.requests = 0
+        self._warned_no_count: set[str] = set()
 
     def plan(self, ep: Endpoint, lo: int | None, hi: int | None) -> list[Window]:
         if lo is not None and hi is not None and lo > hi:
@@ -195,7 +195,10 @@ class Planner:
                     if first:
                         windows.append(Window(a, b, len(first), [Chunk("ready", len(first), first)]))
                     continue
-                logger.warning("%s: the API gives no Total-Count; reading %s forward", ep.stream, ep.url)
+                if ep.kind not in self._warned_no_count:
+                    self._warned_no_count.add(ep.kind)
+                    logger.warning("the API gives no Total-Count for %s (first seen on %s): reading them forward "
+                                   "page by page", "items" if ep.kind == "items" else f"/{ep.kind}", ep.url)
                 windows.append(Window(a, b, None, [Chunk("scan")]))
                 continue
             if count == 0:

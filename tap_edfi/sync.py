@@ -407,8 +407,19 @@ class SyncEngine:
             return
         ts = utc_now_iso()
         fast = self.tap.fast_path(stream)
-        if source.tombstones:
-            tombs = [tombstone(stream, orjson.loads(bytes(r)), self.run.started_at) for r in records]
+        if source.kind != ITEMS:
+            entries = [normalize_change(orjson.loads(bytes(r))) for r in records]
+            if not source.tombstones:
+                if fast:
+                    for rec in entries:
+                        self.output.write_record(stream.name, rec, ts)
+                else:
+                    self._emit_sdk(stream, entries)
+                self.progress.add(stream.name, 0 if source.kind == DELETES else len(entries),
+                                  len(entries) if source.kind == DELETES else 0)
+                self.progress.maybe_log(self.client.stats.as_dict(), stream.name)
+                return
+            tombs = [tombstone(stream, item, self.run.started_at) for item in entries]
             if fast:
                 for rec in tombs:
                     self.output.write_record(stream.name, rec, ts)
@@ -420,10 +431,7 @@ class SyncEngine:
                 self.output.write_raw_records(stream.name, records, ts)
             else:
                 self._emit_sdk(stream, [orjson.loads(bytes(r)) for r in records])
-            if source.kind == DELETES:
-                self.progress.add(stream.name, 0, len(records))
-            else:
-                self.progress.add(stream.name, len(records))
+            self.progress.add(stream.name, len(records))
         self.progress.maybe_log(self.client.stats.as_dict(), stream.name)
 
     def _emit_sdk(self, stream: EdFiStream, records: list[dict[str, Any]]) -> None:
@@ -431,6 +439,15 @@ class SyncEngine:
         for record in records:
             for msg in stream._generate_record_messages(record):
                 self.output.write_message(msg.to_dict())
+
+
+_CHANGE_FIELDS = {"id": "id", "changeversion": "changeVersion", "keyvalues": "keyValues",
+                  "oldkeyvalues": "oldKeyValues", "newkeyvalues": "newKeyValues"}
+
+
+def normalize_change(item: dict[str, Any]) -> dict[str, Any]:
+    """A /deletes or /keyChanges entry with camelCase names (5.x answers ``{"Id", "ChangeVersion"}``)."""
+    return {_CHANGE_FIELDS.get(str(k).lower(), k): v for k, v in item.items()}
 
 
 def tombstone(stream: EdFiStream, item: dict[str, Any], deleted_at: str) -> dict[str, Any]:
@@ -461,6 +478,8 @@ def iter_stream_records(tap: TapEdFi, stream: EdFiStream) -> Iterator[dict[str, 
             for index in range(len(window.chunks)):
                 for raw in engine.fetch(source, window, index):
                     item = orjson.loads(bytes(raw))
+                    if source.kind != ITEMS:
+                        item = normalize_change(item)
                     yield tombstone(stream, item, tap.run_context.started_at) if source.tombstones else item
 
 

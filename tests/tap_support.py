@@ -48,7 +48,14 @@ class Output:
 
     def __init__(self, data: bytes, tap: TapEdFi | None = None) -> None:
         self.raw = data
-        self.messages = [orjson.loads(line) for line in data.splitlines() if line.strip()]
+        self.messages = []
+        for n, line in enumerate(data.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                self.messages.append(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                raise AssertionError(f"line {n} of the tap's output is not JSON: {line[:300]!r}") from exc
         self.tap = tap
 
     @property

@@ -95,7 +95,10 @@ def test_kill_9_then_resume_loses_nothing(version: str, tmp_path: Path) -> None:
         try:
             partial = _read_until_states(proc, 25, time.monotonic() + 60)
             os.kill(proc.pid, signal.SIGKILL)
-            rest, _ = proc.communicate(timeout=30)
+            # read the rest through the same buffered reader (communicate() would skip its buffer)
+            assert proc.stdout is not None
+            rest = proc.stdout.read()
+            proc.wait(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
