@@ -4,8 +4,13 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# meltano lives in a virtualenv of its own (its dependencies are not the plugins'); the plugins it
+# runs (tap-edfi, target-jsonl, target-postgres) get theirs from `meltano install`
+MELTANO_VENV := .venv-meltano
+MELTANO := $(MELTANO_VENV)/bin/meltano
+export MELTANO_SEND_ANONYMOUS_USAGE_STATS := false
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean meltano
 
 setup: $(VENV)/.installed
 
@@ -14,14 +19,22 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
+$(MELTANO_VENV)/.installed:
+	$(PYTHON) -m venv $(MELTANO_VENV)
+	$(MELTANO_VENV)/bin/pip install --quiet --disable-pip-version-check 'meltano==4.4.1'
+	touch $@
+
+meltano: $(MELTANO_VENV)/.installed
+	PATH=$(CURDIR)/$(MELTANO_VENV)/bin:$$PATH $(MELTANO) install
+
 demo: setup
 	$(BIN)/python scripts/demo.py
 
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint
-	$(BIN)/pytest -q -p no:cacheprovider
+test: setup lint meltano
+	PATH=$(CURDIR)/$(MELTANO_VENV)/bin:$$PATH $(BIN)/pytest -q -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache output .meltano
+	rm -rf $(VENV) $(MELTANO_VENV) .pytest_cache .ruff_cache output .meltano
