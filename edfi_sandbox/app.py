@@ -381,6 +381,10 @@ class SandboxApp:
         res = self.model.get(f"/{parts[0]}/{parts[1]}")
         if res is None or len(parts) > 3:
             raise HttpError(404, "not-found", "The specified resource could not be found.")
+        if res.path in self.config.forbidden:
+            raise HttpError(403, "security:authorization",
+                            "Access to the requested data could not be authorized. The caller is not authorized"
+                            f" to perform the requested operation on {res.path}.")
         snapshot = self._snapshot_for(req)
         if len(parts) == 2:
             if req.method == "GET":

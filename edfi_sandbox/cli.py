@@ -26,6 +26,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", help="SQLite file to keep the data in (default: a temporary file)")
     p.add_argument("--spec", action="append", default=[], metavar="PATH",
                    help="serve the resources of this OpenAPI document (Swagger 2 or OpenAPI 3; repeatable)")
+    p.add_argument("--forbid", action="append", default=[], metavar="PATH",
+                   help="answer 403 for this resource, e.g. /ed-fi/staffs (repeatable)")
     p.add_argument("--token-ttl", type=int, default=1800, help="bearer token lifetime in seconds")
     p.add_argument("--api-mode", choices=("sandbox", "year", "instance-year"), default="sandbox",
                    help="5.3/6.1 routing: year-specific and instance-year-specific URL segments")
@@ -88,7 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
             db=args.db, specs=args.spec, faults=faults, log_level=args.log_level,
             client_id=args.client_id, client_secret=args.client_secret, token_ttl=args.token_ttl,
             api_mode=args.api_mode, school_year=args.school_year, instance=args.instance,
-            tenant=args.tenant, context=args.context,
+            tenant=args.tenant, context=args.context, forbidden=frozenset(args.forbid),
         )
     except (ValueError, OSError) as exc:
         logger.error("cannot start the sandbox: %s", exc)

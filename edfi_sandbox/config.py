@@ -30,6 +30,8 @@ class SandboxConfig:
     tenant: str | None = None
     context: str | None = None
     extra_clients: dict[str, str] = field(default_factory=dict)
+    # resources (paths like "/ed-fi/staffs") the client is not authorized for: 403 on every request
+    forbidden: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.api_version not in API_VERSIONS:

@@ -91,3 +91,17 @@ def test_token_info(sb) -> None:
     assert by_form["active"] is True and by_form["client_id"] == sb.client_id
     assert {"namespace_prefixes", "education_organizations", "assigned_profiles", "claim_set"} <= set(by_form)
     assert requests.post(url, data={"token": "nope"}, timeout=10).json() == {"active": False}
+
+
+def test_forbidden_resources_are_403(make_sandbox) -> None:
+    sb = make_sandbox("7.3", seed=3, forbidden=frozenset({"/ed-fi/staffs"}))
+    headers = {"Authorization": f"Bearer {sb.token()}"}
+    denied = requests.get(sb.data_url + "/ed-fi/staffs", headers=headers, timeout=10)
+    assert denied.status_code == 403
+    assert denied.json()["type"] == "urn:ed-fi:api:security:authorization"
+    assert denied.json()["title"] == "Authorization Denied"
+    assert requests.post(sb.data_url + "/ed-fi/staffs", json={}, headers=headers, timeout=10).status_code == 403
+    assert requests.get(sb.data_url + "/ed-fi/students", headers=headers, timeout=10).status_code == 200
+    old = make_sandbox("5.3", forbidden=frozenset({"/ed-fi/staffs"}))
+    resp = requests.get(old.data_url + "/ed-fi/staffs", headers={"Authorization": f"Bearer {old.token()}"}, timeout=10)
+    assert resp.status_code == 403 and "message" in resp.json()
