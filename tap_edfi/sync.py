@@ -284,15 +284,17 @@ class SyncEngine:
             return planner.plan(source.endpoint, source.lo, source.hi)
         except EdFiHTTPError as exc:
             if exc.status == 403 and not self.fail_on_forbidden:
-                self.skip(source, f"not authorized (HTTP 403: {exc.server_message})")
+                # one warning per resource, however many of its streams (items, deletes, key changes) fail
+                self.skip(source, f"not authorized (HTTP 403: {exc.server_message})",
+                          key=f"403:{source.stream.resource.path}")
                 return None
             if exc.status == 404 and source.kind != ITEMS:
                 self.skip(source, f"the API has no {source.kind} for {source.stream.resource.path}")
                 return None
             raise SyncError(f"stream '{source.stream.name}': {exc}") from exc
 
-    def skip(self, source: Source, reason: str) -> None:
-        key = f"{source.stream.name}:{source.kind}"
+    def skip(self, source: Source, reason: str, key: str | None = None) -> None:
+        key = key or f"{source.stream.name}:{source.kind}"
         if key not in self._warned:
             self._warned.add(key)
             logger.warning("skipping %s: %s", source.label, reason)

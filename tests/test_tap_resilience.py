@@ -9,9 +9,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 
 from edfi_sandbox.server import Sandbox
@@ -168,33 +166,8 @@ def test_fatal_errors_name_stream_url_status_and_message(tmp_path: Path) -> None
         assert "not-the-secret-xyz" not in err_text and "not-the-secret-xyz" not in proc.stdout.decode()
 
 
-class _Forbid:
-    """Wraps the sandbox's ASGI app: 403 on one collection (the sandbox has no per-client claims)."""
-
-    def __init__(self, app: Any, path: str) -> None:
-        self._app = app
-        self._path = path
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._app, name)
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope.get("type") == "http" and scope.get("path", "").endswith(self._path):
-            body = orjson.dumps({"detail": "Access to the resource could not be authorized.",
-                                 "type": "urn:ed-fi:api:security:authorization", "title": "Authorization Denied",
-                                 "status": 403})
-            await send({"type": "http.response.start", "status": 403,
-                        "headers": [(b"content-type", b"application/problem+json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await self._app(scope, receive, send)
-
-
 def test_forbidden_resource_is_skipped_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
-    sb = Sandbox("7.3", seed=10)
-    sb.app = _Forbid(sb.app, "/ed-fi/staffs")  # type: ignore[assignment]
-    with sb:
+    with Sandbox("7.3", seed=10, forbidden=frozenset({"/ed-fi/staffs"})) as sb:
         config = tap_config(sb, resources=["staffs", "students"])
         with caplog.at_level(logging.WARNING):
             out = run_tap(config)
