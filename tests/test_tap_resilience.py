@@ -16,8 +16,10 @@ from edfi_sandbox.server import Sandbox
 from tap_edfi.sync import SyncError
 from tests.tap_support import TAP, Output, Warehouse, assert_matches, run_tap, run_tap_process, tap_config
 
+CHURN_CASES = [("5.3", "offset"), ("6.1", "offset"), ("7.1", "offset"), ("7.3", "offset"), ("7.3", "cursor")]
 
-@pytest.mark.parametrize(("version", "paging"), [("6.1", "offset"), ("7.3", "offset"), ("7.3", "cursor")])
+
+@pytest.mark.parametrize(("version", "paging"), CHURN_CASES)
 def test_churn_during_full_sync_loses_nothing(version: str, paging: str) -> None:
     with Sandbox(version, seed=60) as sb:
         sb.set_faults(latency_ms=3)
@@ -81,7 +83,7 @@ def _read_until_states(proc: subprocess.Popen, states: int, deadline: float) -> 
     return data
 
 
-@pytest.mark.parametrize("version", ["5.3", "7.3"])
+@pytest.mark.parametrize("version", ["5.3", "6.1", "7.1", "7.3"])
 def test_kill_9_then_resume_loses_nothing(version: str, tmp_path: Path) -> None:
     with Sandbox(version, seed=80) as sb:
         sb.set_faults(latency_ms=15)
@@ -118,8 +120,9 @@ def test_kill_9_then_resume_loses_nothing(version: str, tmp_path: Path) -> None:
         assert len(first.records) + len(rerun.records) < 1.5 * total
 
 
-def test_faults_and_short_tokens(caplog: pytest.LogCaptureFixture) -> None:
-    with Sandbox("7.3", seed=25, token_ttl=2) as sb:
+@pytest.mark.parametrize("version", ["5.3", "6.1", "7.1", "7.3"])
+def test_faults_and_short_tokens(version: str, caplog: pytest.LogCaptureFixture) -> None:
+    with Sandbox(version, seed=25, token_ttl=2) as sb:
         sb.set_faults(rate_429=0.03, rate_500=0.03, rate_502=0.02, rate_503=0.02, rate_drop=0.04, latency_ms=2,
                       retry_after=1, seed=11)
         config = tap_config(sb, page_size=30, max_window_rows=300, max_workers=8, max_tries=10,
