@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from edfi_sandbox.validation import Validators
 logger = logging.getLogger(__name__)
 
 MAX_PAGE = 500
+PROFILE_MEDIA = re.compile(r"application/vnd\.ed-fi\.([A-Za-z0-9]+)\.([^.;,\s]+)\.readable\+json")
 CHANGE_SUFFIXES = ("deletes", "keyChanges", "partitions")
 
 
@@ -386,6 +388,14 @@ class SandboxApp:
                             "Access to the requested data could not be authorized. The caller is not authorized"
                             f" to perform the requested operation on {res.path}.")
         snapshot = self._snapshot_for(req)
+        profile = self._profile(res, req) if req.method == "GET" and parts[-1] not in CHANGE_SUFFIXES else None
+        if profile is not None:
+            reply = self._data_reply(res, parts, req, base, snapshot)
+            return self._apply_profile(reply, res, profile)
+        return self._data_reply(res, parts, req, base, snapshot)
+
+    def _data_reply(self, res: Resource, parts: list[str], req: Request, base: str,
+                    snapshot: Snapshot | None) -> Reply:
         if len(parts) == 2:
             if req.method == "GET":
                 return self._get_collection(res, req, snapshot)
@@ -403,6 +413,33 @@ class SandboxApp:
             self.store.delete(res.path, sub, req.headers.get("if-match"))
             return Reply(204)
         raise HttpError(405, "method-not-allowed", "The request method is not allowed on an item.")
+
+    # profiles ------------------------------------------------------------------------------------
+    def _profile(self, res: Resource, req: Request) -> tuple[str, list[str]] | None:
+        """(media type, included properties) when the request reads through an API profile."""
+        m = PROFILE_MEDIA.search(req.headers.get("accept", ""))
+        if m is None:
+            return None
+        entity, name = m.groups()
+        profile = next((v for k, v in self.config.profiles.items() if k.lower() == name.lower()), None)
+        if profile is None or entity.lower() != res.entity.lower() or res.path not in profile:
+            raise HttpError(406, "not-acceptable",
+                            f"The profile specified by the content type in the 'Accept' header ('{m.group(0)}') is"
+                            " not supported by this host.")
+        return m.group(0), profile[res.path]
+
+    @staticmethod
+    def _apply_profile(reply: Reply, res: Resource, profile: tuple[str, list[str]]) -> Reply:
+        """Keep what the profile's readable content type includes (and the identity, always)."""
+        if reply.status != 200:
+            return reply
+        media, included = profile
+        keep = {"id", "_etag", "_lastModifiedDate", *res.identity, *included}
+        data = orjson.loads(reply.body)
+        items = data if isinstance(data, list) else [data]
+        trimmed = [{k: v for k, v in item.items() if k in keep} for item in items]
+        body = orjson.dumps(trimmed if isinstance(data, list) else trimmed[0])
+        return Reply(200, body, reply.headers, content_type=media)
 
     # query parameters ------------------------------------------------------------------------------
     def _int_param(self, req: Request, name: str) -> int | None:

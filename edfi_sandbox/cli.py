@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 import requests
 
@@ -28,6 +29,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="serve the resources of this OpenAPI document (Swagger 2 or OpenAPI 3; repeatable)")
     p.add_argument("--forbid", action="append", default=[], metavar="PATH",
                    help="answer 403 for this resource, e.g. /ed-fi/staffs (repeatable)")
+    p.add_argument("--profiles", metavar="FILE",
+                   help='API profiles, JSON: {"Name": {"/ed-fi/students": ["firstName", ...]}}; read them with'
+                        " Accept: application/vnd.ed-fi.student.name.readable+json")
     p.add_argument("--token-ttl", type=int, default=1800, help="bearer token lifetime in seconds")
     p.add_argument("--api-mode", choices=("sandbox", "year", "instance-year"), default="sandbox",
                    help="5.3/6.1 routing: year-specific and instance-year-specific URL segments")
@@ -91,6 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
             client_id=args.client_id, client_secret=args.client_secret, token_ttl=args.token_ttl,
             api_mode=args.api_mode, school_year=args.school_year, instance=args.instance,
             tenant=args.tenant, context=args.context, forbidden=frozenset(args.forbid),
+            profiles=json.loads(Path(args.profiles).read_text()) if args.profiles else {},
         )
     except (ValueError, OSError) as exc:
         logger.error("cannot start the sandbox: %s", exc)

@@ -32,6 +32,8 @@ class SandboxConfig:
     extra_clients: dict[str, str] = field(default_factory=dict)
     # resources (paths like "/ed-fi/staffs") the client is not authorized for: 403 on every request
     forbidden: frozenset[str] = frozenset()
+    # API profiles: name -> resource path -> the properties its readable content type includes
+    profiles: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.api_version not in API_VERSIONS:

@@ -21,6 +21,7 @@ TITLES = {
     "security:authorization": "Authorization Denied",
     "not-found": "Not Found",
     "method-not-allowed": "Method Not Allowed",
+    "not-acceptable": "Not Acceptable",
     "snapshots:method-not-allowed": "Method Not Allowed",
     "data-conflict:unresolved-reference": "Unresolved Reference",
     "data-conflict:dependent-item-exists": "Dependent Item Exists",

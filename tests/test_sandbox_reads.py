@@ -133,3 +133,22 @@ def test_key_changes_collapse_to_first_old_and_last_new(api: Api) -> None:
     [second] = api.get("/ed-fi/studentSchoolAssociations/keyChanges",
                        params={"minChangeVersion": start + 2}).json()
     assert second["oldKeyValues"]["entryDate"] == "2024-08-21"
+
+
+def test_profiles_filter_what_a_readable_content_type_returns(make_sandbox) -> None:
+    sb = make_sandbox("7.3", seed=5, profiles={"Directory": {"/ed-fi/students": ["firstName"]}})
+    api = Api(sb)
+    media = "application/vnd.ed-fi.student.directory.readable+json"
+    resp = api.get("/ed-fi/students", headers={"Accept": media})
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == media
+    items = resp.json()
+    assert len(items) == 5
+    assert all(set(i) == {"id", "studentUniqueId", "firstName", "_etag", "_lastModifiedDate"} for i in items)
+    one = api.get(f"/ed-fi/students/{items[0]['id']}", headers={"Accept": media}).json()
+    assert set(one) == set(items[0])
+    assert "lastSurname" in api.get("/ed-fi/students").json()[0]
+    unknown = api.get("/ed-fi/students", headers={"Accept": "application/vnd.ed-fi.student.nope.readable+json"})
+    assert unknown.status_code == 406
+    other = api.get("/ed-fi/schools", headers={"Accept": "application/vnd.ed-fi.school.directory.readable+json"})
+    assert other.status_code == 406

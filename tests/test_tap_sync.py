@@ -121,3 +121,14 @@ def test_filters_and_descriptors() -> None:
         out = run_tap(tap_config(sb, resources=["sexDescriptors"], deletes="off"))
         assert set(out.schemas) == {"sexDescriptors"}
         assert "_sdc_deleted_at" not in out.schemas["sexDescriptors"]["schema"]["properties"]
+
+
+def test_profile_reads_through_the_readable_content_type() -> None:
+    with Sandbox("7.3", seed=10, profiles={"Directory": {"/ed-fi/students": ["firstName", "lastSurname"]}}) as sb:
+        out = run_tap(tap_config(sb, resources=["students"], profile="Directory"))
+        records = out.stream_records("students")
+        assert len(records) == 10
+        fields = {k for r in records for k in r if not k.startswith("_sdc")}
+        assert fields == {"id", "studentUniqueId", "firstName", "lastSurname", "_etag", "_lastModifiedDate"}
+        with pytest.raises(Exception, match="406"):
+            run_tap(tap_config(sb, resources=["students"], profile="Unknown"))
