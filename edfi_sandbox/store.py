@@ -388,41 +388,25 @@ class Store:
             existing = self._writer.execute(
                 f'SELECT aggregate_id, id, doc FROM "{self._tables[path]}" WHERE key_hash = ?', (hashed,)
             ).fetchone()
-            self._writer.execute("BEGIN")
-            try:
-                if existing:
-                    agg, item_id, old_blob = existing
-                    old = orjson.loads(old_blob)
-                    etag = old.pop("_etag")
-                    for name in ("id", "_lastModifiedDate", self._descriptor_id.get(path)):
-                        old.pop(name, None)
-                    if old == doc:  # nothing changed: no update, no new change version
-                        self._writer.execute("ROLLBACK")
-                        return WriteResult(item_id, etag, False, self._change_version)
-                    result = self._write(res, doc, item_id, hashed, agg, refs, created=False)
-                else:
-                    result = self._write(res, doc, uuid.uuid4().hex, hashed, None, refs, created=True)
-                self._save_change_version()
-                self._writer.execute("COMMIT")
-            except BaseException:
-                self._writer.execute("ROLLBACK")
-                raise
-        return result
+            if existing is None:
+                with self._transaction():
+                    return self._write(res, doc, uuid.uuid4().hex, hashed, None, refs, created=True)
+            agg, item_id, old_blob = existing
+            old = orjson.loads(old_blob)
+            etag = old.pop("_etag")
+            for name in ("id", "_lastModifiedDate", self._descriptor_id.get(path)):
+                old.pop(name, None)
+            if old == doc:  # nothing changed: no update, no new change version
+                return WriteResult(item_id, etag, False, self._change_version)
+            with self._transaction():
+                return self._write(res, doc, item_id, hashed, agg, refs, created=False)
 
     def update(self, path: str, item_id: str, body: JSON, if_match: str | None = None) -> WriteResult:
         """PUT by id: update, with a key change where the resource allows it."""
         res = self.resource(path)
         doc = self._prepare(res, body)
         with self._lock:
-            row = self._writer.execute(
-                f'SELECT aggregate_id, key_hash, doc FROM "{self._tables[path]}" WHERE id = ?', (item_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFound("Resource to update was not found.")
-            agg, old_hash, old_doc_bytes = row
-            old_doc = orjson.loads(old_doc_bytes)
-            if if_match is not None and if_match.strip('"') != old_doc.get("_etag"):
-                raise OptimisticLockFailed("The item has been modified by another user.")
+            agg, old_hash, old_doc = self._item(path, item_id, if_match, "update")
             new_key = res.natural_key(doc)
             new_hash = key_hash(path, new_key)
             key_changed = new_hash != old_hash
@@ -437,32 +421,18 @@ class Store:
                 )
             self._check_descriptors(res, doc)
             refs = self._resolve_references(res, doc)
-            self._writer.execute("BEGIN")
-            try:
+            with self._transaction():
                 result = self._write(res, doc, item_id, new_hash, agg, refs, created=False)
                 if key_changed:
                     old_key = res.natural_key(old_doc)
                     self._track(res.path, "key", item_id, result.change_version, old_key, new_key)
                     self._cascade_key_change(res.path, old_hash, new_hash, old_key, new_key)
-                self._save_change_version()
-                self._writer.execute("COMMIT")
-            except BaseException:
-                self._writer.execute("ROLLBACK")
-                raise
         return result
 
     def delete(self, path: str, item_id: str, if_match: str | None = None) -> int:
         res = self.resource(path)
         with self._lock:
-            row = self._writer.execute(
-                f'SELECT aggregate_id, key_hash, doc FROM "{self._tables[path]}" WHERE id = ?', (item_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFound("Resource to delete was not found.")
-            agg, hashed, doc_bytes = row
-            doc = orjson.loads(doc_bytes)
-            if if_match is not None and if_match.strip('"') != doc.get("_etag"):
-                raise OptimisticLockFailed("The item has been modified by another user.")
+            agg, hashed, doc = self._item(path, item_id, if_match, "delete")
             deps = self._dependents_of(self._writer, hashed)
             if deps:
                 src = self.model.get(deps[0][0])
@@ -471,18 +441,36 @@ class Store:
                     f"The requested action cannot be performed because this item is referenced by an"
                     f" existing '{name[0].upper() + name[1:]}' item."
                 )
-            self._writer.execute("BEGIN")
-            try:
+            with self._transaction():
                 cv = self._next_change_version()
                 self._writer.execute(f'DELETE FROM "{self._tables[path]}" WHERE aggregate_id = ?', (agg,))
                 self._writer.execute("DELETE FROM refs WHERE source = ? AND source_agg = ?", (self._num[path], agg))
                 self._track(path, "delete", item_id, cv, res.natural_key(doc), None)
-                self._save_change_version()
-                self._writer.execute("COMMIT")
-            except BaseException:
-                self._writer.execute("ROLLBACK")
-                raise
         return cv
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction (the caller holds the lock); the change-version counter is saved in it."""
+        self._writer.execute("BEGIN")
+        try:
+            yield
+            self._save_change_version()
+            self._writer.execute("COMMIT")
+        except BaseException:
+            self._writer.execute("ROLLBACK")
+            raise
+
+    def _item(self, path: str, item_id: str, if_match: str | None, action: str) -> tuple[int, int, JSON]:
+        """(aggregate id, key hash, document) of an item addressed by id, checking ``If-Match``."""
+        row = self._writer.execute(
+            f'SELECT aggregate_id, key_hash, doc FROM "{self._tables[path]}" WHERE id = ?', (item_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"Resource to {action} was not found.")
+        doc = orjson.loads(row[2])
+        if if_match is not None and if_match.strip('"') != doc.get("_etag"):
+            raise OptimisticLockFailed("The item has been modified by another user.")
+        return row[0], row[1], doc
 
     def _prepare(self, res: Resource, body: JSON) -> JSON:
         """The payload as stored: server fields dropped, empty collections present."""
@@ -614,53 +602,46 @@ class Store:
         dumps = orjson.dumps
         blake = hashlib.blake2b
         id_salt = path.encode() + b"\0id\0"
-        with self._lock:
-            self._writer.execute("BEGIN")
-            try:
-                agg = self._writer.execute(f'SELECT COALESCE(MAX(aggregate_id), 0) FROM "{table}"').fetchone()[0]
-                cv = self._change_version
-                for doc in docs:
-                    agg += 1
-                    cv += 1
-                    for ref_path, fields, targets in plan:
-                        if len(ref_path) == 1:  # fast path: a top-level reference
-                            top = doc.get(ref_path[0])
-                            objs: Iterable[JSON] = (top,) if isinstance(top, dict) else ()
-                        else:
-                            objs = _reference_objects(doc, ref_path)
-                        for obj in objs:
-                            values = tuple([obj.get(f) for f in fields])
-                            ck = (ref_path, values)
-                            hit = cache.get(ck, False)
-                            if hit is False:
-                                hit = cache[ck] = self._find_target(targets, fields, values)
-                            if hit is not None:
-                                obj["link"] = hit[1]
-                                ref_rows.append((num, agg, hit[0]))
-                    key = {}
-                    for name, kpath in key_paths:
-                        node = doc
-                        for part in kpath:
-                            node = node.get(part) if isinstance(node, dict) else None
-                        key[name] = node
-                    if arrays:
-                        _fill_arrays(doc, arrays)
-                    # the same district gets the same ids: derived from the resource and natural key
-                    item_id = blake(id_salt + dumps(key), digest_size=16).hexdigest()
-                    head: JSON = {"id": item_id, desc_id: agg} if desc_id else {"id": item_id}
-                    stored = {**head, **doc, "_etag": str(5_250_000_000_000_000_000 + cv * 7919),
-                              "_lastModifiedDate": stamp}
-                    rows.append((agg, item_id, key_hash(path, key), cv, dumps(stored)))
-                    if len(rows) >= batch:
-                        self._flush(table, rows, ref_rows)
-                    count += 1
-                self._flush(table, rows, ref_rows)
-                self._change_version = cv
-                self._save_change_version()
-                self._writer.execute("COMMIT")
-            except BaseException:
-                self._writer.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():
+            agg = self._writer.execute(f'SELECT COALESCE(MAX(aggregate_id), 0) FROM "{table}"').fetchone()[0]
+            cv = self._change_version
+            for doc in docs:
+                agg += 1
+                cv += 1
+                for ref_path, fields, targets in plan:
+                    if len(ref_path) == 1:  # fast path: a top-level reference
+                        top = doc.get(ref_path[0])
+                        objs: Iterable[JSON] = (top,) if isinstance(top, dict) else ()
+                    else:
+                        objs = _reference_objects(doc, ref_path)
+                    for obj in objs:
+                        values = tuple([obj.get(f) for f in fields])
+                        ck = (ref_path, values)
+                        hit = cache.get(ck, False)
+                        if hit is False:
+                            hit = cache[ck] = self._find_target(targets, fields, values)
+                        if hit is not None:
+                            obj["link"] = hit[1]
+                            ref_rows.append((num, agg, hit[0]))
+                key = {}
+                for name, kpath in key_paths:
+                    node = doc
+                    for part in kpath:
+                        node = node.get(part) if isinstance(node, dict) else None
+                    key[name] = node
+                if arrays:
+                    _fill_arrays(doc, arrays)
+                # the same district gets the same ids: derived from the resource and natural key
+                item_id = blake(id_salt + dumps(key), digest_size=16).hexdigest()
+                head: JSON = {"id": item_id, desc_id: agg} if desc_id else {"id": item_id}
+                stored = {**head, **doc, "_etag": str(5_250_000_000_000_000_000 + cv * 7919),
+                          "_lastModifiedDate": stamp}
+                rows.append((agg, item_id, key_hash(path, key), cv, dumps(stored)))
+                if len(rows) >= batch:
+                    self._flush(table, rows, ref_rows)
+                count += 1
+            self._flush(table, rows, ref_rows)
+            self._change_version = cv
         return count
 
     def _find_target(
