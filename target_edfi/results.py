@@ -1,0 +1,191 @@
+"""What a run did, per resource: records, requests, created, updated, deleted, skipped unchanged, failed.
+
+Failures are grouped by HTTP status (or ``invalid`` for records stopped before sending) and message, each group
+with a count and a few example natural keys. The summary is logged at the end of a run and written as JSON to
+``results_file``; ``failed`` counts what made the run exit non-zero when it passes ``max_failures``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Counters of one resource, in the order they are reported.
+COUNTERS = ("records", "requests", "created", "updated", "key_changes", "deleted", "already_deleted",
+            "superseded", "skipped_unchanged", "deferred", "failed")
+EXAMPLES = 3
+MAX_GROUPS = 50  # failure groups per resource; more distinct messages are counted as "other messages"
+#: bad input that counts as failed records (a line that is not JSON most likely was one)
+FAILED_INPUT = ("malformed_json", "record_without_schema", "bad_record", "bad_message")
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class FailureGroup:
+    status: str
+    message: str
+    count: int = 0
+    examples: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class ResourceResults:
+    counts: Counter = field(default_factory=Counter)
+    failures: dict[tuple[str, str], FailureGroup] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: self.counts.get(name, 0) for name in COUNTERS}
+        out["failures"] = [
+            {"status": g.status, "message": g.message, "count": g.count, "examples": g.examples}
+            for g in sorted(self.failures.values(), key=lambda g: -g.count)
+        ]
+        return out
+
+
+class Results:
+    """Thread-safe tallies of one run."""
+
+    def __init__(self, run_id: str, target: str | None = None) -> None:
+        self.run_id = run_id
+        self.target = target
+        self.started_at = utc_now()
+        self._started = time.monotonic()
+        self.resources: dict[str, ResourceResults] = {}
+        self.streams: dict[str, Counter] = {}
+        self.stream_resources: dict[str, str] = {}
+        self.unmapped: Counter = Counter()
+        self.bad_input: Counter = Counter()
+        self.bad_input_examples: list[str] = []
+        self.requests: dict[str, Any] = {}
+        self.state_messages_emitted = 0
+        self.finished_at: str | None = None
+        self.status = "running"
+        self._lock = threading.Lock()
+
+    # -- tallies -------------------------------------------------------------------------------------
+    def _res(self, resource: str) -> ResourceResults:
+        res = self.resources.get(resource)
+        if res is None:
+            res = self.resources[resource] = ResourceResults()
+        return res
+
+    def add(self, resource: str, counter: str, n: int = 1) -> None:
+        with self._lock:
+            self._res(resource).counts[counter] += n
+
+    def fail(self, resource: str, status: int | str | None, message: str, example: Any = None) -> None:
+        status_text = str(status) if status is not None else "no response"
+        message = message or ""
+        with self._lock:
+            res = self._res(resource)
+            res.counts["failed"] += 1
+            key = (status_text, message)
+            if key not in res.failures and len(res.failures) >= MAX_GROUPS:
+                key = (status_text, "(other messages: see the transaction log)")
+            group = res.failures.get(key)
+            if group is None:
+                group = res.failures[key] = FailureGroup(*key)
+            group.count += 1
+            if example is not None and len(group.examples) < EXAMPLES:
+                group.examples.append(example)
+
+    def stream_record(self, stream: str, resource: str | None, counter: str = "records") -> None:
+        with self._lock:
+            self.streams.setdefault(stream, Counter())[counter] += 1
+            if resource:
+                self.stream_resources[stream] = resource
+
+    def unmapped_record(self, stream: str) -> None:
+        with self._lock:
+            self.unmapped[stream] += 1
+
+    def bad_line(self, kind: str, detail: str) -> None:
+        with self._lock:
+            self.bad_input[kind] += 1
+            if len(self.bad_input_examples) < 20:
+                self.bad_input_examples.append(detail[:500])
+
+    # -- totals ----------------------------------------------------------------------------------------
+    @property
+    def failed(self) -> int:
+        """Records that did not land: failed sends, invalid records, records of unmapped streams or without schema."""
+        with self._lock:
+            sent = sum(r.counts.get("failed", 0) for r in self.resources.values())
+            unreadable = sum(self.bad_input.get(kind, 0) for kind in FAILED_INPUT)
+            return sent + sum(self.unmapped.values()) + unreadable
+
+    def totals(self) -> dict[str, int]:
+        with self._lock:
+            total: Counter = Counter()
+            for res in self.resources.values():
+                total.update(res.counts)
+            return {name: total.get(name, 0) for name in COUNTERS}
+
+    def finish(self, status: str) -> None:
+        self.status = status
+        self.finished_at = utc_now()
+
+    def as_dict(self) -> dict[str, Any]:
+        totals = self.totals()
+        with self._lock:
+            return {
+                "run_id": self.run_id,
+                "target": self.target,
+                "status": self.status,
+                "started_at": self.started_at,
+                "finished_at": self.finished_at,
+                "elapsed_seconds": round(time.monotonic() - self._started, 3),
+                "totals": {**totals, "failed_all": 0},  # filled below
+                "resources": {path: res.as_dict() for path, res in sorted(self.resources.items())},
+                "streams": {name: {"resource": self.stream_resources.get(name), **dict(counts)}
+                            for name, counts in sorted(self.streams.items())},
+                "unmapped_streams": dict(self.unmapped),
+                "bad_input": {**dict(self.bad_input), "examples": list(self.bad_input_examples)},
+                "http": self.requests,
+            }
+
+    def summary(self) -> dict[str, Any]:
+        out = self.as_dict()
+        out["totals"]["failed_all"] = self.failed
+        return out
+
+    def write(self, path: str | Path) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(self.summary(), indent=2, default=str))
+        tmp.replace(target)
+
+    def log(self) -> None:
+        """One line per resource that had anything, then the totals and every failure group."""
+        summary = self.summary()
+        for path, res in summary["resources"].items():
+            counts = {k: v for k, v in res.items() if k != "failures" and v}
+            if counts:
+                logger.info("%s: %s", path, ", ".join(f"{k} {v}" for k, v in counts.items()))
+            for group in res["failures"]:
+                logger.error("%s: %d failed with %s: %s (e.g. %s)", path, group["count"], group["status"],
+                             group["message"], json.dumps(group["examples"][:1], default=str))
+        for stream, n in summary["unmapped_streams"].items():
+            logger.error("stream %r maps to no Ed-Fi resource: %d records not sent", stream, n)
+        totals = summary["totals"]
+        logger.info(
+            "target-edfi run %s: %d records, %d requests: %d created, %d updated, %d key changes, %d deleted, "
+            "%d skipped unchanged, %d failed (%s)", self.run_id, totals["records"], totals["requests"],
+            totals["created"], totals["updated"], totals["key_changes"], totals["deleted"],
+            totals["skipped_unchanged"], totals["failed_all"], summary["status"])
+
+
+__all__ = ["COUNTERS", "Results", "utc_now"]

@@ -1,0 +1,908 @@
+"""Applying the spool to the API: ordered, concurrent, deferred, with deletes and key changes.
+
+The order (:func:`send_order`) is the target's own ``/metadata/data/v3/dependencies`` (people de-duplicated to
+their Create entry), or, when the API does not publish it, the order computed from the spec's references;
+descriptors always come first. One apply (:meth:`Sender.apply`) then does:
+
+1. **upserts, group by group** in that order. Inside a group, resources do not depend on each other, so their
+   requests run concurrently on one bounded thread pool (``max_workers``; at most twice that many requests
+   are queued, so memory stays flat however large the spool is). Per resource:
+
+   a. ``key_change`` rows (tap-edfi's ``<stream>_key_changes``) tell the log which item a source item was
+      before its key changed, fetching the old item's id from the API when the log does not know it;
+   b. key changes are sent first: a source item (same source key) whose natural key differs from the one
+      logged for it gets a PUT to its Ed-Fi id when the resource is key-updatable, else a POST of the new key
+      and, when the API made a new item, a DELETE of the old one (in the delete phase);
+   c. every other upsert: skipped without a request when the same payload was already accepted under the same
+      natural key by this target, else POSTed (the API upserts by natural key: 201 created, 200 updated).
+
+   A ``409`` unresolved reference is **deferred**: the row stays in the spool and is retried in the next pass
+   over all groups, at most ``deferred_passes`` passes; what is left is then reported with the reference that
+   could not be found.
+2. **delete_missing**: after a full-table stream's ``ACTIVATE_VERSION``, items this target sent for that
+   stream before and did not see in this version become deletes.
+3. **deletes, in reverse group order**: by the Ed-Fi id the log has for the source item (or natural key), else
+   found by natural key through a GET. ``404`` counts as done; ``409`` (the item is still referenced) is
+   reported.
+
+Every outcome is written to the transaction log and removed from the spool in batches (one transaction per
+100 outcomes or 0.2 seconds, whichever comes first; no fsync per record): a run killed at any point resends at
+most what was in flight or not yet committed, and a resent upsert of an unchanged payload changes nothing in the
+API.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import requests
+
+from edfi_core.dependencies import (
+    dependency_graph,
+    dependency_items,
+    load_order,
+    parse_dependencies_json,
+)
+from edfi_core.keys import canonical, key_hash
+from edfi_core.openapi import ApiModel, Resource
+from edfi_core.session import EdFiClient, EdFiHTTPError, server_message
+from target_edfi.payloads import Shaper, reference_keys
+from target_edfi.results import Results
+from target_edfi.transport import Reply, Transport
+from target_edfi.txlog import DELETE, KEY_CHANGE, UPSERT, LogRow, TransactionLog, WorkRow
+
+logger = logging.getLogger(__name__)
+
+PAGE = 1000  # spool rows read at a time
+FLUSH_OUTCOMES = 100
+FLUSH_SECONDS = 0.2
+LOG_FAILURES = 100  # failures logged one by one per resource
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+# -- order -----------------------------------------------------------------------------------------------
+def computed_order(model: ApiModel, known: dict[str, int] | None = None) -> dict[str, int]:
+    """Order of every resource of the model: ``known`` orders kept, the others computed from references."""
+    graph = dependency_graph(model, person_retry=False)
+    known = dict(known or {})
+    level: dict[str, int] = {}
+
+    def visit(node: str, trail: frozenset[str]) -> int:
+        if node in known:
+            return known[node]
+        if node in level:
+            return level[node]
+        deps = [d for d in graph.get(node, ()) if d in graph and d not in trail]
+        value = 1 + max((visit(d, trail | {node}) for d in deps), default=0)
+        level[node] = value
+        return value
+
+    return {res.path: visit(res.path, frozenset()) for res in model}
+
+
+def send_order(client: EdFiClient, model: ApiModel) -> tuple[list[list[str]], str]:
+    """Groups of resource paths in sending order, descriptors first; and where the order came from."""
+    source = "the API's dependencies"
+    try:
+        body = client.get_json(client.urls.dependencies, auth=False)
+        order = load_order(parse_dependencies_json(body))
+        if not order:
+            raise ValueError("empty dependency list")
+    except (EdFiHTTPError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("no usable dependency order from %s (%s): computing it from the spec's references",
+                       client.urls.dependencies, exc)
+        order = load_order(dependency_items(model, person_retry=False))
+        source = "the spec's references"
+    missing = [res.path for res in model if res.path not in order]
+    if missing:
+        full = computed_order(model, {p: o for p, o in order.items() if model.get(p) is not None})
+        for path in missing:
+            order[path] = full[path]
+        logger.info("%d resources not in %s placed by their references: %s", len(missing), source,
+                    ", ".join(sorted(missing)[:10]))
+    descriptors = sorted(r.path for r in model if r.is_descriptor)
+    rest: dict[int, list[str]] = {}
+    for path, o in order.items():
+        res = model.get(path)
+        if res is None or res.is_descriptor:
+            continue
+        rest.setdefault(o, []).append(path)
+    groups = [descriptors] if descriptors else []
+    groups += [sorted(rest[o]) for o in sorted(rest)]
+    return groups, source
+
+
+# -- operations --------------------------------------------------------------------------------------------
+@dataclass
+class Op:
+    """One thing to do for one spool row (run in a worker thread)."""
+
+    row: WorkRow
+    resource: Resource
+    action: str  # post | put | delete | lookup_delete
+    body: bytes | None = None
+    edfi_id: str | None = None
+    natural_key: dict[str, Any] | None = None
+    replaces: LogRow | None = None  # key change: the log row of the old natural key
+    log_row: LogRow | None = None  # delete: the log row of what is deleted
+
+
+@dataclass
+class Outcome:
+    op: Op
+    action: str  # what was finally done: post | put | delete | lookup
+    status: int | None
+    kind: str  # ok | not_found | unresolved | dependent | conflict | failed
+    edfi_id: str | None = None
+    message: str = ""
+    requests: int = 1
+    created: bool = False
+
+
+def id_from_location(resp: Reply | requests.Response) -> str | None:
+    location = resp.headers.get("Location") or resp.headers.get("location")
+    if not location:
+        return None
+    return location.rstrip("/").rsplit("/", 1)[-1] or None
+
+
+def classify(resp: Reply | requests.Response) -> tuple[str, str]:
+    """(kind, server message) of a final response."""
+    status = resp.status_code
+    if 200 <= status < 300:
+        return "ok", ""
+    message = server_message(resp)  # type: ignore[arg-type]
+    if status == 404:
+        return "not_found", message
+    if status == 409:
+        low = message.lower()
+        if "unresolved-reference" in low or "does not exist" in low:
+            return "unresolved", message
+        if "dependent-item-exists" in low or "referenced by" in low or "dependency of" in low:
+            return "dependent", message
+        return "conflict", message
+    if status == 400 and "key-change-not-supported" in message.lower():
+        return "key_change_not_supported", message
+    return "failed", message
+
+
+@dataclass
+class _Pending:
+    """Log writes waiting for the next flush."""
+
+    log: list[tuple] = field(default_factory=list)
+    removes: list[tuple[str, str, str]] = field(default_factory=list)
+    releases: list[int] = field(default_factory=list)
+    touches: list[tuple] = field(default_factory=list)
+    unspool: list[tuple[str, str, str]] = field(default_factory=list)
+    bumps: list[tuple[str, str, str]] = field(default_factory=list)
+    spool: list[tuple] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.log) + len(self.unspool) + len(self.bumps) + len(self.touches)
+
+
+class FatalSendError(RuntimeError):
+    """A failure that stops the run (credentials refused, the log unusable)."""
+
+
+class Sender:
+    """Applies the spool of one target through one client."""
+
+    def __init__(
+        self,
+        client: EdFiClient,
+        model: ApiModel,
+        log: TransactionLog,
+        target: str,
+        results: Results,
+        run_id: str,
+        groups: list[list[str]],
+        *,
+        max_workers: int = 8,
+        deferred_passes: int = 3,
+        validate: bool = True,
+        shapers: Callable[[Resource], Shaper] | None = None,
+        progress_interval: float = 15.0,
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.log = log
+        self.target = target
+        self.results = results
+        self.run_id = run_id
+        self.groups = groups
+        self.max_workers = max(1, int(max_workers))
+        self.max_inflight = 2 * self.max_workers
+        self.deferred_passes = max(1, int(deferred_passes))
+        self.validate = validate
+        self.shaper_for = shapers or (lambda res: Shaper(res, validate))
+        self.progress_interval = progress_interval
+        self.http = Transport(client)
+        self._workers: Workers | None = None
+        self._pending = _Pending()
+        self._last_flush = time.monotonic()
+        self._last_progress = time.monotonic()
+        self._done = 0
+        self._total = 0
+        self._requests = 0
+        self._started = time.monotonic()
+        self._descriptors: dict[str, set[tuple[str, str]]] = {}
+        self._descriptor_names: dict[tuple[str, str], Resource | None] = {}
+        self._verified: set[str] = set()  # descriptor values found in the log or the target
+        self._descriptors_fetched: set[str] = set()
+        self._next_seq = log.max_seq(target) + 1
+        self._deferred_rows = 0
+        self._handled: set[tuple[str, str]] = set()
+        self._failures_logged: dict[str, int] = {}
+
+    # -- driving -------------------------------------------------------------------------------------
+    def apply(self, activations: dict[str, int] | None = None) -> None:
+        pending = self.log.pending(self.target)
+        self._total = sum(sum(kinds.values()) for kinds in pending.values())
+        if not self._total and not activations:
+            logger.info("nothing to send")
+            return
+        logger.info("sending %d spooled records to %s", self._total, self.target)
+        self._workers = Workers(self.max_workers, self._run)
+        ok = False
+        try:
+            for n in range(1, self.deferred_passes + 1):
+                self._deferred_rows = 0
+                pending = self.log.pending(self.target)
+                for group in self.groups:
+                    todo = [p for p in group if pending.get(p, {}).get(UPSERT) or pending.get(p, {}).get(KEY_CHANGE)]
+                    if todo:
+                        self._upsert_group(todo, first_pass=n == 1)
+                if not self._deferred_rows:
+                    break
+                if n < self.deferred_passes:
+                    logger.info("pass %d: %d records wait for references; trying them again", n, self._deferred_rows)
+            self._fail_deferred()
+            if activations:
+                self._delete_missing(activations)
+            pending = self.log.pending(self.target)
+            for group in reversed(self.groups):
+                todo = [p for p in group if pending.get(p, {}).get(DELETE)]
+                if todo:
+                    self._delete_group(todo)
+            leftovers = {p: k for p, k in self.log.pending(self.target).items() if k}
+            for path, kinds in leftovers.items():  # a resource outside the order (should not happen)
+                logger.error("%s: %s spooled rows were not applied (resource not in the send order)", path, kinds)
+            ok = True
+        finally:
+            for outcome in self._workers.stop(abort=not ok):  # what finished is kept; what did not start stays
+                self._settle(outcome)                           # in the spool
+            self.http.close()
+            self._flush()
+            self._log_progress(force=True)
+
+    # -- concurrency -------------------------------------------------------------------------------------
+    def _submit(self, op: Op) -> None:
+        assert self._workers is not None
+        while self._workers.pending >= self.max_inflight:
+            self._collect(block=True)
+        self._workers.submit(op)
+
+    def _collect(self, block: bool) -> None:
+        assert self._workers is not None
+        for outcome in self._workers.results(block):
+            self._settle(outcome)
+        self._maybe_flush()
+
+    def _barrier(self) -> None:
+        assert self._workers is not None
+        while self._workers.pending:
+            self._collect(block=True)
+        self._flush()
+
+    # -- upserts ---------------------------------------------------------------------------------------------
+    def _upsert_group(self, paths: list[str], first_pass: bool) -> None:
+        resources = [r for p in paths if (r := self.model.get(p)) is not None]
+        for res in resources:
+            self._prime_key_changes(res)
+        self._barrier()
+        self._handled: set[tuple[str, str]] = set()
+        for res in resources:
+            if self.log.has_key_change_candidates(self.target, res.path):
+                for row in self.log.key_change_work(self.target, res.path):
+                    self._plan_upsert(res, row)
+                    self._handled.add((row.stream, row.source_key))
+        self._barrier()
+        for res in resources:
+            after = -1
+            while True:
+                rows = self.log.work(self.target, res.path, UPSERT, after, PAGE)
+                if not rows:
+                    break
+                for row in rows:
+                    self._plan_upsert(res, row)
+                after = rows[-1].seq
+                self._collect(block=False)
+        self._barrier()
+
+    def _plan_upsert(self, res: Resource, row: WorkRow) -> None:
+        if row.unchanged:
+            k = row.by_key
+            assert k is not None
+            self.results.add(res.path, "skipped_unchanged")
+            if (k.source_key != row.item_key or k.source_stream != row.source_stream
+                    or (row.version is not None and k.stream_version != row.version)):
+                self._pending.touches.append((row.source_stream, row.item_key, row.version, self.run_id,
+                                              self.log.now(), k.log_id))
+            self._pending.unspool.append((self.target, row.stream, row.source_key))
+            self._done += 1
+            return
+        if (row.stream, row.source_key) in self._handled:
+            return  # sent as a key change in this pass
+        if row.payload is None:  # not expected: the query leaves out payloads of unchanged rows only
+            row.payload = self.log.spooled_payload(self.target, row.stream, row.source_key)
+            if row.payload is None:
+                return
+        if self.validate and row.descriptors:
+            problem = self._check_descriptors(res, row)
+            if problem:
+                self._fail(res, row, "invalid", problem, row.key_hash, row.natural_key)
+                return
+        if row.key_changed:
+            p = row.by_source
+            assert p is not None
+            if res.key_updatable:
+                self._submit(Op(row, res, "put", body=row.payload, edfi_id=p.edfi_id, replaces=p))
+            else:
+                self._submit(Op(row, res, "post", body=row.payload, replaces=p))
+            return
+        self._submit(Op(row, res, "post", body=row.payload))
+
+    # -- key changes (tap-edfi's <stream>_key_changes) ---------------------------------------------------------
+    def _prime_key_changes(self, res: Resource) -> None:
+        """Make the log know the old key of every source item whose key changed, before its upsert is planned."""
+        shaper = self.shaper_for(res)
+        after = -1
+        while True:
+            rows = self.log.work(self.target, res.path, KEY_CHANGE, after, PAGE)
+            if not rows:
+                break
+            for row in rows:
+                try:
+                    self._prime(res, shaper, row)
+                except EdFiHTTPError as exc:
+                    self._fail(res, row, exc.status, f"key change: {exc.server_message or exc}", row.key_hash,
+                               row.natural_key)
+                    continue
+                self._pending.unspool.append((self.target, row.stream, row.source_key))
+                self._done += 1
+            after = rows[-1].seq
+        self._flush()
+
+    def _prime(self, res: Resource, shaper: Shaper, row: WorkRow) -> None:
+        change = orjson.loads(row.payload or b"{}")
+        new = shaper.key_from_values(change.get("new"))
+        if not new.key_complete or row.key_hash is None:
+            logger.debug("%s: key change without complete keys: %s", res.path, change)
+            return
+        new_row = self.log.log_row(self.target, res.path, new.key_hash or "")
+        if new_row is not None and new_row.live and new_row.source_key == row.item_key:
+            return  # already applied
+        old = row.by_key
+        if old is not None and old.live:
+            if old.source_key != row.item_key or old.source_stream != row.source_stream:
+                self._pending.touches.append((row.source_stream, row.item_key, None, self.run_id, self.log.now(),
+                                              old.log_id))
+                self._flush()
+            edfi_id = old.edfi_id
+        else:
+            old_key = orjson.loads(row.natural_key or "{}")
+            edfi_id = self._find(res, old_key)
+            if edfi_id is None:
+                return  # the target never had the old key: the upsert of the new one is all there is to do
+            self._pending.log.append(self._log_tuple(
+                res, row.key_hash, row.natural_key or "{}", source_stream=row.source_stream, source_key=row.item_key,
+                edfi_id=edfi_id, status="found", http_status=200, attempts=0))
+            self._flush()
+        if not self._has_upsert(row):
+            self._synthesize_upsert(res, shaper, row, edfi_id, change.get("new") or {})
+
+    def _has_upsert(self, row: WorkRow) -> bool:
+        found = self.log.execute("SELECT 1 FROM {p}spool WHERE target = ? AND stream = ? AND source_key = ?",
+                                 (self.target, row.source_stream, row.item_key)).fetchone()
+        return found is not None
+
+    def _synthesize_upsert(self, res: Resource, shaper: Shaper, row: WorkRow, edfi_id: str | None,
+                           new_values: dict[str, Any]) -> None:
+        """A key change without the item's record: the item as the target has it, with its new key values."""
+        if not edfi_id:
+            return
+        resp = self.http.request("GET", f"{self.client.data_url(res.path)}/{edfi_id}")
+        self._requests += 1
+        if resp.status_code != 200:
+            logger.warning("%s: key change of %s: the target has no item %s (HTTP %s)", res.path, row.item_key,
+                           edfi_id, resp.status_code)
+            return
+        doc = orjson.loads(resp.content)
+        for name, value in new_values.items():
+            path = res.key_paths.get(name)
+            if not path:
+                continue
+            node = doc
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = value
+        shaped = shaper.shape(doc)
+        if not shaped.key_complete:
+            return
+        self._pending.spool.append((
+            self.target, row.source_stream, row.item_key, self._seq(), UPSERT, res.path, row.source_stream,
+            row.item_key, shaped.key_hash, shaped.key_text, shaped.body_hash(), shaped.body(),
+            shaped.descriptor_text(), None, 0, self.log.now()))
+        self._flush()
+
+    # -- deletes -----------------------------------------------------------------------------------------------
+    def _delete_group(self, paths: list[str]) -> None:
+        for path in paths:
+            res = self.model.get(path)
+            if res is None:
+                continue
+            after = -1
+            while True:
+                rows = self.log.work(self.target, path, DELETE, after, PAGE)
+                if not rows:
+                    break
+                for row in rows:
+                    self._plan_delete(res, row)
+                after = rows[-1].seq
+                self._collect(block=False)
+        self._barrier()
+
+    def _plan_delete(self, res: Resource, row: WorkRow) -> None:
+        explicit = orjson.loads(row.payload) if row.payload else {}
+        if explicit.get("edfi_id"):
+            self._submit(Op(row, res, "delete", edfi_id=explicit["edfi_id"], log_row=row.by_key))
+            return
+        p, k = row.by_source, row.by_key
+        target: LogRow | None = None
+        if p is not None and p.live:
+            target = p
+        elif k is not None and k.live:
+            if k.source_key and k.source_key != row.item_key and k.source_stream == row.source_stream:
+                # another source item holds this natural key now (deleted and re-created in the source)
+                self.results.add(res.path, "superseded")
+                self._pending.unspool.append((self.target, row.stream, row.source_key))
+                self._done += 1
+                return
+            target = k
+        elif (p is not None and p.deleted) or (k is not None and k.deleted):
+            self.results.add(res.path, "already_deleted")
+            self._pending.unspool.append((self.target, row.stream, row.source_key))
+            self._done += 1
+            return
+        if target is not None:
+            self._submit(Op(row, res, "delete", edfi_id=target.edfi_id, log_row=target))
+        elif row.natural_key is not None:
+            self._submit(Op(row, res, "lookup_delete", natural_key=orjson.loads(row.natural_key)))
+        else:
+            self._fail(res, row, "not sent", "cannot find the item to delete: the log has no item for this source "
+                       "key and the record has no complete natural key", None, None)
+
+    def _delete_missing(self, activations: dict[str, int]) -> None:
+        """Items a full-table stream sent earlier and did not send in its latest version become deletes."""
+        for stream, version in activations.items():
+            after, found = 0, 0
+            while True:
+                stale = self.log.stale(self.target, stream, version, after)
+                if not stale:
+                    break
+                for log_id, resource, khash, natural_key, edfi_id in stale:
+                    self._pending.spool.append((
+                        self.target, f"{stream}#missing", edfi_id, self._seq(), DELETE, resource, stream, "",
+                        khash, natural_key, None, orjson.dumps({"edfi_id": edfi_id}), None, version, 0,
+                        self.log.now()))
+                    after = log_id
+                found += len(stale)
+                self._total += len(stale)
+                self._flush()
+            if found:
+                logger.info("delete_missing: %d items stream %s sent before version %s are gone from the source",
+                            found, stream, version)
+
+    # -- the worker side ---------------------------------------------------------------------------------------
+    def _run(self, op: Op) -> Outcome:
+        url = self.client.data_url(op.resource.path)
+        try:
+            if op.action == "post":
+                return self._post(op, url)
+            if op.action == "put":
+                resp = self.http.request("PUT", f"{url}/{op.edfi_id}", data=op.body, headers=JSON_HEADERS)
+                kind, message = classify(resp)
+                if kind in ("not_found", "conflict", "key_change_not_supported"):
+                    # gone, or the new key is taken, or the API refuses key changes: post the new key
+                    # (and delete the old item afterwards if it still exists)
+                    outcome = self._post(op, url)
+                    outcome.requests += 1
+                    return outcome
+                return Outcome(op, "put", resp.status_code, kind, op.edfi_id if kind == "ok" else None, message)
+            if op.action == "delete":
+                resp = self.http.request("DELETE", f"{url}/{op.edfi_id}")
+                kind, message = classify(resp)
+                return Outcome(op, "delete", resp.status_code, kind, op.edfi_id, message)
+            if op.action == "lookup_delete":
+                assert op.natural_key is not None
+                edfi_id = self._find(op.resource, op.natural_key)
+                if edfi_id is None:
+                    return Outcome(op, "lookup", 404, "not_found", None, "not found by natural key")
+                resp = self.http.request("DELETE", f"{url}/{edfi_id}")
+                kind, message = classify(resp)
+                return Outcome(op, "delete", resp.status_code, kind, edfi_id, message, requests=2)
+            raise ValueError(op.action)
+        except EdFiHTTPError as exc:
+            return Outcome(op, op.action, exc.status, "failed", None,
+                           f"{exc.server_message or 'no response'} (after {exc.tries} tries)")
+
+    def _post(self, op: Op, url: str) -> Outcome:
+        resp = self.http.request("POST", url, data=op.body, headers=JSON_HEADERS)
+        kind, message = classify(resp)
+        edfi_id = id_from_location(resp) if kind == "ok" else None
+        return Outcome(op, "post", resp.status_code, kind, edfi_id, message, created=resp.status_code == 201)
+
+    def _find(self, res: Resource, natural_key: dict[str, Any]) -> str | None:
+        """The Ed-Fi id of an item, found by its natural key (a GET with the key as query parameters)."""
+        params = {k: v for k, v in natural_key.items() if v is not None}
+        if len(params) != len(res.key_paths):
+            return None
+        resp = self.http.request("GET", self.client.data_url(res.path), params=params)
+        if resp.status_code == 404:
+            return None
+        if not resp.ok:
+            raise EdFiHTTPError("GET", self.client.data_url(res.path), resp.status_code,
+                                server_message(resp))  # type: ignore[arg-type]
+        items = orjson.loads(resp.content or b"[]")
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and key_hash(res.natural_key(item)) == key_hash(natural_key):
+                return item.get("id")
+        return None
+
+    # -- settling outcomes (main thread) ---------------------------------------------------------------------
+    def _settle(self, out: Outcome) -> None:
+        op, _row, res = out.op, out.op.row, out.op.resource
+        self._requests += out.requests
+        self.results.add(res.path, "requests", out.requests)
+        if out.action in ("post", "put"):
+            self._settle_write(out)
+        else:
+            self._settle_delete(out)
+        self._done += 0 if (out.kind == "unresolved" and op.action in ("post", "put")) else 1
+        self._log_progress()
+
+    def _settle_write(self, out: Outcome) -> None:
+        op, row, res = out.op, out.op.row, out.op.resource
+        if out.kind == "unresolved":
+            self.results.add(res.path, "deferred")
+            self._pending.bumps.append((self.target, row.stream, row.source_key))
+            self._deferred_rows += 1
+            return
+        if out.kind != "ok":
+            self._fail(res, row, out.status, out.message, row.key_hash, row.natural_key, attempts=out.requests)
+            return
+        now = self.log.now()
+        p = op.replaces
+        if out.action == "put" or p is not None:
+            self.results.add(res.path, "key_changes")
+            status = "key_changed"
+        else:
+            self.results.add(res.path, "created" if out.created else "updated")
+            status = "created" if out.created else "updated"
+        if p is not None and p.key_hash != row.key_hash:
+            if out.action == "put" or (out.edfi_id and out.edfi_id == p.edfi_id):
+                self._pending.removes.append((self.target, res.path, p.key_hash))  # the same item, re-keyed
+            else:
+                # a new item under the new key: the old one goes in the delete phase
+                self._pending.releases.append(p.log_id)
+                self._pending.spool.append((
+                    self.target, f"{row.source_stream}#replaced", p.edfi_id or p.key_hash, self._seq(), DELETE,
+                    res.path, row.source_stream, "", p.key_hash, p.natural_key, None,
+                    orjson.dumps({"edfi_id": p.edfi_id}), None, None, 0, now))
+                self._total += 1
+        self._pending.log.append(self._log_tuple(
+            res, row.key_hash or "", row.natural_key or "{}", source_stream=row.source_stream,
+            source_key=row.item_key, edfi_id=out.edfi_id, payload_hash=row.payload_hash, status=status,
+            http_status=out.status, attempts=out.requests, stream_version=row.version, sent=now, accepted=now))
+        self._pending.unspool.append((self.target, row.stream, row.source_key))
+
+    def _settle_delete(self, out: Outcome) -> None:
+        op, row, res = out.op, out.op.row, out.op.resource
+        logged = op.log_row
+        khash = logged.key_hash if logged is not None else (row.key_hash or "")
+        nkey = logged.natural_key if logged is not None else (row.natural_key or "{}")
+        now = self.log.now()
+        if out.kind in ("ok", "not_found"):
+            gone = out.kind == "not_found"
+            self.results.add(res.path, "already_deleted" if gone else "deleted")
+            if khash:
+                self._pending.log.append(self._log_tuple(
+                    res, khash, nkey, edfi_id=out.edfi_id, deleted=True, status="not_found" if gone else "deleted",
+                    http_status=out.status, attempts=out.requests, stream_version=row.version, sent=now,
+                    accepted=now))
+            self._pending.unspool.append((self.target, row.stream, row.source_key))
+            return
+        message = f"still referenced: {out.message}" if out.kind == "dependent" else out.message
+        self._fail(res, row, out.status, message, khash or None, nkey, attempts=out.requests, deleting=True)
+
+    def _fail(self, res: Resource, row: WorkRow, status: int | str | None, message: str, khash: str | None,
+              natural_key: str | None, attempts: int = 0, deleting: bool = False, group: str | None = None) -> None:
+        """A record that did not land: counted (grouped by status and ``group`` message), logged, kept in the log."""
+        example = orjson.loads(natural_key) if natural_key else {"source_key": row.source_key}
+        self.results.fail(res.path, status, _group_message(group or message), example)
+        logged = self._failures_logged[res.path] = self._failures_logged.get(res.path, 0) + 1
+        if logged <= LOG_FAILURES:
+            logger.warning("%s %s (stream %s, source key %s): %s %s", "delete of" if deleting else "upsert of",
+                           res.path, row.stream, row.source_key, status, message)
+        elif logged == LOG_FAILURES + 1:
+            logger.warning("%s: more failures are not logged one by one: see the results and the transaction log",
+                           res.path)
+        if khash:
+            self._pending.log.append(self._log_tuple(
+                res, khash, natural_key or "{}", source_stream=None, source_key=None,
+                status="invalid" if status == "invalid" else "failed",
+                http_status=status if isinstance(status, int) else None, message=message[:2000], attempts=attempts,
+                stream_version=row.version, sent=self.log.now() if attempts else None, deleted=None))
+        self._pending.unspool.append((self.target, row.stream, row.source_key))
+
+    def _fail_deferred(self) -> None:
+        """Rows still waiting for a reference after the last pass: report the reference that is missing."""
+        for group in self.groups:
+            for path in group:
+                res = self.model.get(path)
+                if res is None:
+                    continue
+                after = -1
+                while True:
+                    rows = self.log.work(self.target, path, UPSERT, after, PAGE)
+                    if not rows:
+                        break
+                    for row in rows:
+                        detail, group = self._missing_reference(res, row)
+                        self._fail(res, row, 409, detail, row.key_hash, row.natural_key, attempts=row.passes,
+                                   group=group)
+                        self._done += 1
+                    after = rows[-1].seq
+                    self._flush()
+
+    def _missing_reference(self, res: Resource, row: WorkRow) -> tuple[str, str]:
+        """(message with the missing reference's values, the same without values for grouping)."""
+        if row.payload is None:
+            return "unresolved reference", "unresolved reference"
+        payload = orjson.loads(row.payload)
+        missing, kinds = [], []
+        for prop, options in reference_keys(self.model, res, payload):
+            if not any(self.log.is_live(self.target, target.path, key_hash(values)) for target, values in options):
+                target, values = options[0]
+                names = "/".join(t.entity for t, _ in options) if len(options) > 1 else target.entity
+                missing.append(f"{prop} ({names} {canonical(values).decode()})")
+                kinds.append(f"{prop} ({names})")
+        if missing:
+            head = "unresolved reference: not in the target: "
+            return head + "; ".join(missing), head + "; ".join(kinds)
+        text = "unresolved reference (the referenced items are in the log: changed or deleted in the API since?)"
+        return text, text
+
+    # -- descriptors ---------------------------------------------------------------------------------------------
+    def _check_descriptors(self, res: Resource, row: WorkRow) -> str | None:
+        """Descriptor values of a payload that neither the log nor the target API knows (``validate``)."""
+        if not row.descriptors:
+            return None
+        problems = []
+        for entry in row.descriptors.split("\n"):
+            field_path, _, value = entry.partition("\t")
+            if value in self._verified:
+                continue
+            desc = self._descriptor_of(value, field_path)
+            if desc is None:
+                continue  # a descriptor the model does not know: the API decides
+            namespace, _, code = value.partition("#")
+            if (namespace, code) not in self._known_descriptors(desc) and desc.path not in self._descriptors_fetched:
+                self._fetch_descriptors(desc)
+            if (namespace, code) in self._known_descriptors(desc):
+                self._verified.add(value)
+                continue
+            problems.append(f"{field_path}: {desc.entity[0].upper() + desc.entity[1:]} value '{value}' does not "
+                            "exist in the target API")
+        return "; ".join(problems) or None
+
+    def _descriptor_of(self, value: str, field_path: str) -> Resource | None:
+        """The descriptor resource of a value: named by its namespace (``uri://ed-fi.org/GradeLevelDescriptor``),
+        else by the property it is in (``entryGradeLevelDescriptor``)."""
+        namespace = value.partition("#")[0]
+        name = namespace.rsplit("/", 1)[-1]
+        key = (name, field_path.rsplit(".", 1)[-1])
+        if key not in self._descriptor_names:
+            desc = None
+            if name.endswith("Descriptor"):
+                candidate = self.model.descriptor_for(name)
+                if candidate is not None and candidate.entity.lower() == name.lower():
+                    desc = candidate
+            if desc is None:
+                prop = key[1].split("[", 1)[0]
+                desc = self.model.descriptor_for(prop) if prop.endswith("Descriptor") else None
+            self._descriptor_names[key] = desc
+        return self._descriptor_names[key]
+
+    def _known_descriptors(self, desc: Resource) -> set[tuple[str, str]]:
+        known = self._descriptors.get(desc.path)
+        if known is None:
+            known = set()
+            for key in self.log.live_keys(self.target, desc.path):
+                values = orjson.loads(key)
+                known.add((values.get("namespace"), values.get("codeValue")))
+            self._descriptors[desc.path] = known
+        return known
+
+    def _fetch_descriptors(self, desc: Resource) -> None:
+        """Read a descriptor's values from the target (once per run, and only when a value is not in the log)."""
+        self._descriptors_fetched.add(desc.path)
+        known = self._known_descriptors(desc)
+        url = self.client.data_url(desc.path)
+        offset = 0
+        try:
+            while True:
+                page = self.client.get_json(url, params={"offset": offset, "limit": 500})
+                self._requests += 1
+                for item in page if isinstance(page, list) else []:
+                    known.add((item.get("namespace"), item.get("codeValue")))
+                if not isinstance(page, list) or len(page) < 500:
+                    break
+                offset += 500
+        except EdFiHTTPError as exc:
+            logger.warning("cannot read %s to check descriptor values (%s): values not in the log are sent "
+                           "unchecked", desc.path, exc)
+            known.add(("*", "*"))
+            self._descriptors[desc.path] = _AnyValue(known)
+
+    # -- the log ------------------------------------------------------------------------------------------------
+    def _seq(self) -> int:
+        self._next_seq += 1
+        return self._next_seq
+
+    def _log_tuple(self, res: Resource, khash: str, natural_key: str, *, source_stream: str | None = None,
+                   source_key: str | None = None, edfi_id: str | None = None, payload_hash: str | None = None,
+                   deleted: bool | None = False, status: str, http_status: int | None = None,
+                   message: str | None = None, attempts: int = 0, stream_version: int | None = None,
+                   sent: Any = None, accepted: Any = None) -> tuple:
+        now = self.log.now()
+        return (self.target, res.path, khash, natural_key, source_stream, source_key, edfi_id, payload_hash,
+                bool(deleted), status, http_status, message, attempts, stream_version, self.run_id, sent, sent,
+                accepted, now)
+
+    def _maybe_flush(self) -> None:
+        if len(self._pending) >= FLUSH_OUTCOMES or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self._flush()
+
+    def _flush(self) -> None:
+        pend = self._pending
+        if not (len(pend) or pend.removes or pend.releases or pend.spool):
+            self._last_flush = time.monotonic()
+            return
+        self._pending = _Pending()
+        log = self.log
+        log.remove_log(pend.removes)
+        log.release_source(pend.releases)
+        log.upsert_log(pend.log)
+        log.touch(pend.touches)
+        log.unspool(pend.unspool)
+        log.bump_passes(pend.bumps)
+        log.spool(pend.spool)
+        log.commit()
+        self._last_flush = time.monotonic()
+
+    def _log_progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_progress < self.progress_interval:
+            return
+        self._last_progress = now
+        elapsed = max(now - self._started, 1e-6)
+        logger.info("progress: %d of %d spooled records settled, %d requests (%.0f/s)", self._done, self._total,
+                    self._requests, self._requests / elapsed)
+
+    @property
+    def requests_made(self) -> int:
+        return self._requests
+
+
+class Workers:
+    """A fixed set of sending threads fed through a queue (cheaper per request than futures)."""
+
+    def __init__(self, count: int, run: Callable[[Op], Outcome]) -> None:
+        self.run = run
+        self.inbox: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
+        self.outbox: queue.SimpleQueue[tuple[Outcome | None, BaseException | None]] = queue.SimpleQueue()
+        self.pending = 0  # submitted and not yet collected
+        self.threads = [threading.Thread(target=self._loop, name=f"target-edfi-{i}", daemon=True)
+                        for i in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            op = self.inbox.get()
+            if op is None:
+                return
+            try:
+                self.outbox.put((self.run(op), None))
+            except BaseException as exc:  # handed to the main thread, which raises it
+                self.outbox.put((None, exc))
+
+    def submit(self, op: Op) -> None:
+        self.pending += 1
+        self.inbox.put(op)
+
+    def results(self, block: bool) -> list[Outcome]:
+        """Outcomes ready now (at least one when ``block`` and something is pending); a worker's error is raised."""
+        got: list[tuple[Outcome | None, BaseException | None]] = []
+        if block and self.pending:
+            got.append(self.outbox.get())
+        while True:
+            try:
+                got.append(self.outbox.get_nowait())
+            except queue.Empty:
+                break
+        self.pending -= len(got)
+        outcomes = []
+        for outcome, exc in got:
+            if exc is not None:
+                raise exc
+            assert outcome is not None
+            outcomes.append(outcome)
+        return outcomes
+
+    def stop(self, abort: bool) -> list[Outcome]:
+        """Stop the threads; with ``abort``, ops not started are dropped. The outcomes not collected yet."""
+        if abort:
+            while True:
+                try:
+                    if self.inbox.get_nowait() is not None:
+                        self.pending -= 1
+                except queue.Empty:
+                    break
+        for _ in self.threads:
+            self.inbox.put(None)
+        for thread in self.threads:
+            thread.join()
+        done: list[Outcome] = []
+        while self.pending > 0:
+            outcome, exc = self.outbox.get()
+            self.pending -= 1
+            if outcome is not None and exc is None:
+                done.append(outcome)
+        return done
+
+
+class _AnyValue(set):
+    """A descriptor whose values could not be read: every value passes."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def _group_message(message: str) -> str:
+    """A failure message with per-record values left out, so failures group by their cause."""
+    return message[:300]
+
+
+def iter_chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+__all__ = ["FatalSendError", "Op", "Outcome", "Sender", "classify", "computed_order", "send_order"]

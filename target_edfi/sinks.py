@@ -1,0 +1,251 @@
+"""The spooling sink: every record of a stream, made ready and written to the transaction log's spool.
+
+A record becomes one spool row: an upsert (cleaned payload, natural key, hashes), a delete (a record with
+``_sdc_deleted_at``, or a row of tap-edfi's ``<stream>_deletes``) or a key change (a row of
+``<stream>_key_changes``). Rows are buffered and written in batches (``batch_size_rows``, shared by all
+streams, so memory stays bounded however many streams there are); nothing is sent until the end of the
+input (:meth:`target_edfi.target.TargetEdFi.process_endofpipe`), when every record and its dependencies are
+known.
+
+The *source key* of a record is its stream's ``key_properties`` values (tap-edfi: the source API's ``id``),
+or the natural key when the stream declares none. A later record of the same source key replaces an earlier
+one still in the spool. A record that cannot be sent (unknown stream, schema violations, a descriptor value
+that is not ``uri://...#...``, an incomplete natural key) is logged with its stream, source key and field
+paths, recorded as failed in the transaction log, and never spooled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from singer_sdk.sinks import Sink
+
+from edfi_core.keys import canonical
+from target_edfi.mapping import DELETES, ITEMS, KEY_CHANGES, Route
+from target_edfi.payloads import DELETED_AT, Shaped, Shaper
+from target_edfi.txlog import DELETE, KEY_CHANGE, UPSERT, TransactionLog
+
+if TYPE_CHECKING:
+    from target_edfi.results import Results
+    from target_edfi.target import TargetEdFi
+
+logger = logging.getLogger(__name__)
+
+LOG_INVALID = 1000  # invalid records logged one by one per stream
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    try:
+        text = orjson.dumps(value, default=str).decode()
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class Spooler:
+    """Buffered writes to the spool (and failure rows to the log), in one transaction per batch."""
+
+    def __init__(self, log: TransactionLog, target: str, run_id: str, batch_rows: int) -> None:
+        self.log = log
+        self.target = target
+        self.run_id = run_id
+        self.batch_rows = max(1, batch_rows)
+        self.rows: list[tuple] = []
+        self.failures: list[tuple] = []
+        self.superseded: list[tuple[str, str, str]] = []
+        self.next_seq = log.max_seq(target) + 1
+        self.spooled = 0
+        self._last_log = time.monotonic()
+
+    def seq(self) -> int:
+        self.next_seq += 1
+        return self.next_seq
+
+    def add(self, row: tuple) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.batch_rows:
+            self.flush()
+
+    def fail(self, row: tuple | None, spool_key: tuple[str, str, str] | None) -> None:
+        """A record that will not be sent: its log row (when it has a natural key) and the spool row it replaces."""
+        if row is not None:
+            self.failures.append(row)
+        if spool_key is not None:
+            self.superseded.append(spool_key)
+        if len(self.failures) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not (self.rows or self.failures or self.superseded):
+            return
+        if self.superseded:
+            self.log.unspool(self.superseded)
+        self.log.spool(self.rows)
+        self.log.upsert_log(self.failures)
+        self.log.commit()
+        self.spooled += len(self.rows)
+        self.rows, self.failures, self.superseded = [], [], []
+        now = time.monotonic()
+        if now - self._last_log >= 15:
+            self._last_log = now
+            logger.info("spooled %d records", self.spooled)
+
+
+class EdFiSink(Sink):
+    """Spools the records of one stream for the Ed-Fi resource it maps to."""
+
+    target: TargetEdFi
+
+    def __init__(self, target: TargetEdFi, stream_name: str, schema: dict, key_properties: list[str] | None) -> None:
+        self.target = target
+        super().__init__(target, stream_name, schema, key_properties)
+        self.route: Route | None = None
+        self.shaper: Shaper | None = None
+        self.source_only: frozenset[str] = frozenset()
+        self.invalid = 0
+
+    # -- SDK hooks -------------------------------------------------------------------------------------
+    def get_validator(self) -> None:
+        """Records are checked against the Ed-Fi resource's schema (``validate``), not the stream's."""
+        return None
+
+    @property
+    def max_size(self) -> int:
+        return self.target.spooler.batch_rows
+
+    def setup(self) -> None:
+        self.route = self.target.routes.route(self.stream_name)
+        if self.route is None:
+            logger.error("stream %r maps to no resource of the Ed-Fi API: its records will not be sent. Name the "
+                         "stream after a resource (students, student_school_associations, ed-fi/students) or set "
+                         "resource_map", self.stream_name)
+            return
+        self.shaper = self.target.shaper(self.route.resource)
+        # source identifiers that are not Ed-Fi fields (a vendor's row id) are not sent
+        props = self.route.resource.schema.get("properties") or {}
+        self.source_only = frozenset(k for k in self.key_properties if k not in props)
+        logger.info("stream %s -> %s (%s%s)", self.stream_name, self.route.resource.path, self.route.how,
+                    "" if self.route.kind == ITEMS else f", {self.route.kind}")
+
+    def process_record(self, record: dict, context: dict) -> None:
+        self.spool(record, None)
+
+    def process_batch(self, context: dict) -> None:
+        self.target.spooler.flush()
+
+    # -- spooling ---------------------------------------------------------------------------------------
+    @property
+    def results(self) -> Results:
+        return self.target.results
+
+    def source_key(self, record: dict[str, Any], fallback: str | None) -> str | None:
+        keys = self.key_properties
+        if keys:
+            values = {k: record.get(k) for k in keys}
+            if all(v is not None for v in values.values()):
+                return canonical(values).decode()
+        return fallback
+
+    def spool(self, record: dict[str, Any], version: int | None) -> None:
+        route = self.route
+        if route is None or self.shaper is None:
+            self.results.unmapped_record(self.stream_name)
+            return
+        path = route.resource.path
+        self.tally_record_read()
+        self.record_counter_metric.increment()
+        self.results.stream_record(self.stream_name, path)
+        self.results.add(path, "records")
+        if route.kind == ITEMS:
+            if record.get(DELETED_AT):
+                self._delete(record, self.shaper.key_only(record), version)
+            else:
+                self._upsert(record, version)
+        elif route.kind == DELETES:
+            self._delete(record, self.shaper.key_from_values(record.get("keyValues")), version)
+        elif route.kind == KEY_CHANGES:
+            self._key_change(record)
+
+    def _spool_row(self, kind: str, source_key: str, item_key: str, key_hash: str | None, key_text: str | None,
+                   payload_hash: str | None, payload: bytes | None, version: int | None,
+                   descriptors: str | None = None) -> tuple:
+        spooler = self.target.spooler
+        assert self.route is not None
+        return (spooler.target, self.stream_name, source_key, spooler.seq(), kind, self.route.resource.path,
+                self.route.base_stream, item_key, key_hash, key_text, payload_hash, payload, descriptors, version, 0,
+                self.target.log.now())
+
+    def _upsert(self, record: dict[str, Any], version: int | None) -> None:
+        assert self.shaper is not None
+        source_key = self.source_key(record, None)
+        if self.source_only:
+            record = {k: v for k, v in record.items() if k not in self.source_only}
+        shaped = self.shaper.shape(record)
+        source_key = source_key or shaped.key_text
+        if not shaped.ok or source_key is None:
+            self._invalid(record, shaped, source_key, version)
+            return
+        self.target.spooler.add(self._spool_row(UPSERT, source_key, source_key, shaped.key_hash, shaped.key_text,
+                                                shaped.body_hash(), shaped.body(), version,
+                                                shaped.descriptor_text()))
+
+    def _delete(self, record: dict[str, Any], shaped: Shaped, version: int | None) -> None:
+        source_key = self.source_key(record, shaped.key_text)
+        if source_key is None:
+            self._invalid(record, shaped, None, version, deleting=True)
+            return
+        self.target.spooler.add(self._spool_row(DELETE, source_key, source_key, shaped.key_hash, shaped.key_text,
+                                                None, None, version))
+
+    def _key_change(self, record: dict[str, Any]) -> None:
+        assert self.shaper is not None
+        old = self.shaper.key_from_values(record.get("oldKeyValues"))
+        new = self.shaper.key_from_values(record.get("newKeyValues"))
+        item_id = record.get("id")
+        source_key = self.source_key(record, None)
+        if not item_id or source_key is None or not old.key_complete or not new.key_complete:
+            self._invalid(record, old, source_key, None, note="a key change needs id and complete old and new keys")
+            return
+        item_key = canonical({"id": item_id}).decode()
+        payload = orjson.dumps({"new": record.get("newKeyValues")})
+        self.target.spooler.add(self._spool_row(KEY_CHANGE, source_key, item_key, old.key_hash, old.key_text, None,
+                                                payload, None))
+
+    def _invalid(self, record: dict[str, Any], shaped: Shaped, source_key: str | None, version: int | None,
+                 deleting: bool = False, note: str = "") -> None:
+        assert self.route is not None
+        path = self.route.resource.path
+        if deleting:
+            message = "a delete record needs the stream's key properties or a complete natural key"
+        else:
+            message = note or shaped.error_text()
+        example = shaped.natural_key if any(v is not None for v in shaped.natural_key.values()) else \
+            {"source_key": source_key}
+        self.results.fail(path, "invalid", _group(message), example)
+        self.invalid += 1
+        if self.invalid <= LOG_INVALID:
+            logger.error("stream %s, record %s: not sent: %s", self.stream_name, source_key or _short(record),
+                         message)
+        elif self.invalid == LOG_INVALID + 1:
+            logger.error("stream %s: more invalid records are not logged one by one: see the results and the "
+                         "transaction log", self.stream_name)
+        spooler = self.target.spooler
+        row = None
+        if shaped.key_complete and shaped.key_hash:
+            row = (spooler.target, path, shaped.key_hash, shaped.key_text, None, None, None, None, False,
+                   "invalid", None, message[:2000], 0, version, spooler.run_id, None, None, None,
+                   self.target.log.now())
+        spooler.fail(row, (spooler.target, self.stream_name, source_key) if source_key else None)
+
+
+def _group(message: str) -> str:
+    """Validation messages grouped by field and problem, without the values."""
+    import re
+
+    return re.sub(r"'[^']*'", "'…'", message)[:300]
+
+
+__all__ = ["EdFiSink", "Spooler"]

@@ -1,0 +1,435 @@
+"""target-edfi: any Singer stream into an Ed-Fi API, in dependency order, with a transaction log.
+
+The data path: Singer messages -> :class:`~target_edfi.sinks.EdFiSink` (records cleaned, checked and spooled
+to the transaction log as they arrive) -> at the end of the input, :class:`~target_edfi.sender.Sender` (the
+spool applied in the API's dependency order, concurrently, deferring what waits for a reference, then
+deletes) -> :class:`~target_edfi.results.Results` (logged, ``results_file``, exit status). STATE is echoed
+only after every record that came before it has been applied or recorded as failed.
+
+Input is read as bytes and parsed with orjson; a line that is not JSON, a RECORD before its SCHEMA or a
+message without what it needs is reported (line number, stream, record) and skipped, and everything else is
+still processed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from functools import cached_property
+from typing import IO, Any
+
+import orjson
+import requests
+from singer_sdk import Target
+from singer_sdk import typing as th
+from singer_sdk.exceptions import InvalidInputLine
+from singer_sdk.helpers.capabilities import PluginCapabilities
+from singer_sdk.plugin_base import PluginBase
+from singer_sdk.singerlib.encoding.base import GenericSingerReader
+
+from edfi_core.auth import AuthError
+from edfi_core.discovery import load_model_from_api, load_model_from_files
+from edfi_core.openapi import ApiModel, Resource, SpecError
+from edfi_core.session import EdFiClient, EdFiHTTPError
+from target_edfi.mapping import StreamMapper
+from target_edfi.payloads import Shaper
+from target_edfi.results import Results
+from target_edfi.sender import Sender, send_order
+from target_edfi.sinks import EdFiSink, Spooler, _short
+from target_edfi.txlog import TransactionLog, open_log
+
+logger = logging.getLogger("target_edfi")
+
+DEFAULT_LOG = ".target-edfi/transaction_log.db"
+#: failures that stop a run: the API, its credentials or its documents are not usable
+FATAL = (AuthError, EdFiHTTPError, SpecError, requests.RequestException, ValueError)
+DEFAULTS: dict[str, Any] = {
+    "transaction_log": DEFAULT_LOG,
+    "transaction_log_schema": "target_edfi",
+    "validate": True,
+    "delete_missing": False,
+    "max_workers": 32,
+    "deferred_passes": 3,
+    "max_failures": 0,
+    "max_tries": 8,
+    "request_timeout": 60,
+    "max_backoff_seconds": 30,
+    "batch_size_rows": 5000,
+    "progress_interval": 15,
+    "verify_ssl": True,
+}
+
+CONFIG_SCHEMA = th.PropertiesList(
+    th.Property("base_url", th.StringType, required=True, title="API root URL",
+                description="The Ed-Fi API root, whose GET answers the discovery payload with `urls` "
+                            "(e.g. `https://host/v7.3/api`, or `https://host/api/{tenant}/{context}`)."),
+    th.Property("client_id", th.StringType, required=True, title="Client ID",
+                description="OAuth client id (key) of the API client."),
+    th.Property("client_secret", th.StringType, required=True, secret=True, title="Client secret",
+                description="OAuth client secret of the API client."),
+    th.Property("school_year", th.IntegerType,
+                description="5.x/6.x year-specific deployments: the school year segment of the URLs. 7.x: fills a "
+                            "school-year context placeholder."),
+    th.Property("instance", th.StringType,
+                description="5.x/6.x instance-year-specific deployments: the instance segment."),
+    th.Property("tenant", th.StringType,
+                description="7.x multi-tenant deployments: the tenant route segment, when base_url does not "
+                            "include it."),
+    th.Property("context", th.StringType,
+                description="7.x context-routed deployments: the context route segment (e.g. a school year), "
+                            "when base_url does not include it."),
+    th.Property("data_url", th.StringType, description="Override: the data management API URL (`.../data/v3`)."),
+    th.Property("oauth_url", th.StringType, description="Override: the OAuth token URL."),
+    th.Property("metadata_url", th.StringType, description="Override: the OpenAPI metadata listing URL."),
+    th.Property("dependencies_url", th.StringType,
+                description="Override: the dependency order URL (`.../metadata/data/v3/dependencies`)."),
+    th.Property("scope", th.StringType,
+                description="OAuth scope: an education organization id the client is associated with."),
+    th.Property("spec_files", th.ArrayType(th.StringType),
+                description="Local OpenAPI/Swagger documents (resources, descriptors, extensions) describing the "
+                            "API, instead of its /metadata."),
+    th.Property("transaction_log", th.StringType, default=DEFAULT_LOG,
+                description="Where the transaction log (and the spool of records not yet sent) lives: a SQLite "
+                            "file path, or a `postgresql://user:password@host:port/database` URL for teams that "
+                            "run many loaders. One row per target API, resource and natural key; see the README."),
+    th.Property("transaction_log_schema", th.StringType, default="target_edfi",
+                description="PostgreSQL only: the schema of the transaction log's tables."),
+    th.Property("resource_map", th.ObjectType(additional_properties=th.StringType),
+                description="Stream name -> Ed-Fi resource (`ed-fi/students`, `tpdm/candidates`), for streams "
+                            "whose names do not say it. Other streams map by name: `studentSchoolAssociations`, "
+                            "`student_school_associations`, `ed-fi/studentSchoolAssociations`, tap-edfi's "
+                            "`<namespace>_<resource>`, a SQL tap's `<schema>-<table>`."),
+    th.Property("validate", th.BooleanType, default=True,
+                description="Check every record against the resource's schema (types, required fields, lengths, "
+                            "dates, unknown fields) and its descriptor values (format, and existence in the log or "
+                            "the target) before sending; a bad record is logged with field paths and never sent."),
+    th.Property("delete_missing", th.BooleanType, default=False,
+                description="After an ACTIVATE_VERSION of a full-table stream, delete from the API the items this "
+                            "target sent earlier for that stream that the stream no longer has."),
+    th.Property("max_workers", th.IntegerType(minimum=1, maximum=128), default=32,
+                description="Concurrent requests (within one dependency order group), each on its own keep-alive "
+                            "connection. The Ed-Fi API Publisher posts with up to 20 per resource, 10 resources at "
+                            "a time; lower it for a small API."),
+    th.Property("deferred_passes", th.IntegerType(minimum=1), default=3,
+                description="Passes over records that got 409 (unresolved reference) before they are reported."),
+    th.Property("max_failures", th.IntegerType(minimum=-1), default=0,
+                description="The run exits non-zero when more records than this failed (invalid, rejected by the "
+                            "API, unmapped stream, unreadable input). -1: never."),
+    th.Property("results_file", th.StringType,
+                description="Write the run's results (per resource: records, requests, created, updated, key "
+                            "changes, deleted, skipped unchanged, failed, grouped by status and message) as JSON "
+                            "to this file."),
+    th.Property("max_tries", th.IntegerType(minimum=1), default=8,
+                description="Tries of one request on 429, 5xx, timeouts and dropped connections."),
+    th.Property("request_timeout", th.NumberType, default=60, description="Seconds to wait for a response."),
+    th.Property("max_backoff_seconds", th.NumberType, default=30,
+                description="Longest wait between two tries (a server's Retry-After may ask for more)."),
+    th.Property("batch_size_rows", th.IntegerType(minimum=1), default=5000,
+                description="Records buffered in memory before they are written to the spool in one transaction."),
+    th.Property("progress_interval", th.NumberType, default=15,
+                description="Seconds between progress log lines while sending."),
+    th.Property("verify_ssl", th.BooleanType, default=True, description="Verify TLS certificates."),
+).to_dict()
+
+
+class BadInput(Exception):
+    """A message that cannot be processed (reported and skipped)."""
+
+
+class TolerantReader(GenericSingerReader[bytes]):
+    """Singer messages parsed with orjson; a bad line is reported (with its number) and skipped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.line_number = 0
+        self.on_bad_line: Callable[[str, str], None] = lambda kind, detail: logger.error("%s: %s", kind, detail)
+
+    @property
+    def default_input(self) -> IO[bytes]:
+        return sys.stdin.buffer
+
+    def deserialize_json(self, line: bytes) -> dict:
+        return orjson.loads(line)
+
+    def process_lines(self, file_input: IO[bytes] | None, callbacks: dict[str, Callable[[dict], None]]) -> Counter:
+        stats: dict[str, int] = defaultdict(int)
+        for line in file_input or self.default_input:
+            self.line_number += 1
+            if not line.strip():
+                continue
+            try:
+                message = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                self.on_bad_line("malformed_json", f"input line {self.line_number} is not JSON ({exc}): "
+                                                   f"{line[:200]!r}")
+                continue
+            kind = message.get("type") if isinstance(message, dict) else None
+            callback = callbacks.get(kind) if isinstance(kind, str) else None
+            if callback is None:
+                self.on_bad_line("unknown_message", f"input line {self.line_number}: not a Singer message: "
+                                                    f"{line[:200]!r}")
+                continue
+            try:
+                callback(message)
+            except (BadInput, InvalidInputLine) as exc:
+                self.on_bad_line("bad_message", f"input line {self.line_number}: {exc}")
+                continue
+            stats[kind] += 1
+        return Counter(**stats)
+
+
+class TargetEdFi(Target):
+    """Singer target for Ed-Fi ODS/APIs."""
+
+    name = "target-edfi"
+    config_jsonschema = CONFIG_SCHEMA
+    default_sink_class = EdFiSink
+    message_reader_class = TolerantReader
+    capabilities = [
+        PluginCapabilities.ABOUT,
+        PluginCapabilities.STREAM_MAPS,
+        PluginCapabilities.STRUCTURED_LOGGING,
+    ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_parallelism = 1  # sinks share one spool writer
+        self.run_id = uuid.uuid4().hex
+        self.results = Results(self.run_id)
+        self._input_state: Any = None
+        self._activations: dict[str, int] = {}
+        self._unversioned: set[str] = set()
+        self._versioned: set[str] = set()
+        self._shapers: dict[str, Shaper] = {}
+        self._plain_maps = not self.config.get("stream_maps")
+        self._log: TransactionLog | None = None
+        self.exit_code = 0
+        reader = self.message_reader
+        if isinstance(reader, TolerantReader):
+            reader.on_bad_line = self._bad_line
+
+    @classmethod
+    def append_builtin_config(cls, config_jsonschema: dict) -> None:
+        """Stream maps only: no load_method, add_record_metadata or validate_records (they do not apply)."""
+        PluginBase.append_builtin_config.__func__(cls, config_jsonschema)  # type: ignore[attr-defined]
+
+    # -- settings, API, model, log ---------------------------------------------------------------------------
+    @cached_property
+    def settings(self) -> dict[str, Any]:
+        return {**DEFAULTS, **{k: v for k, v in self.config.items() if v is not None}}
+
+    @cached_property
+    def client(self) -> EdFiClient:
+        s = self.settings
+        client = EdFiClient(
+            s["base_url"], s.get("client_id") or "", s.get("client_secret") or "",
+            max_workers=int(s["max_workers"]), timeout=float(s["request_timeout"]), max_tries=int(s["max_tries"]),
+            backoff_max=float(s["max_backoff_seconds"]), school_year=s.get("school_year"),
+            instance=s.get("instance"), tenant=s.get("tenant"), context=s.get("context"),
+            url_overrides={"data": s.get("data_url"), "oauth": s.get("oauth_url"), "metadata": s.get("metadata_url"),
+                           "dependencies": s.get("dependencies_url")},
+            scope=s.get("scope"), verify=bool(s["verify_ssl"]), user_agent="target-edfi/0.1",
+        )
+        client.pin_environment()  # thousands of small writes: read proxy settings once, not per request
+        return client
+
+    @cached_property
+    def model(self) -> ApiModel:
+        files = self.settings.get("spec_files")
+        return load_model_from_files(files) if files else load_model_from_api(self.client)
+
+    @cached_property
+    def routes(self) -> StreamMapper:
+        """Stream name -> Ed-Fi resource (``self.mapper`` is the SDK's stream-map machinery)."""
+        return StreamMapper(self.model, self.settings.get("resource_map"))
+
+    @property
+    def target_id(self) -> str:
+        """The target API as the log knows it: its data management URL."""
+        return self.client.urls.data
+
+    @property
+    def log(self) -> TransactionLog:
+        if self._log is None:
+            s = self.settings
+            log = open_log(str(s["transaction_log"]), str(s["transaction_log_schema"]))
+            log.lock(self.target_id)
+            log.start_run(self.run_id, self.target_id)
+            self.results.target = self.target_id
+            logger.info("%s; run %s to %s", log.description, self.run_id, self.target_id)
+            self._log = log
+        return self._log
+
+    @cached_property
+    def spooler(self) -> Spooler:
+        return Spooler(self.log, self.target_id, self.run_id, int(self.settings["batch_size_rows"]))
+
+    def shaper(self, res: Resource) -> Shaper:
+        shaper = self._shapers.get(res.path)
+        if shaper is None:
+            shaper = self._shapers[res.path] = Shaper(res, bool(self.settings["validate"]))
+        return shaper
+
+    # -- bad input -------------------------------------------------------------------------------------------
+    def _bad_line(self, kind: str, detail: str) -> None:
+        logger.error("bad input: %s", detail)
+        self.results.bad_line(kind, detail)
+
+    # -- messages --------------------------------------------------------------------------------------------
+    def _process_schema_message(self, message_dict: dict) -> None:
+        if not isinstance(message_dict.get("stream"), str) or not isinstance(message_dict.get("schema"), dict):
+            raise BadInput(f"SCHEMA without a stream name or a schema object: {_short(message_dict)}")
+        message_dict["schema"].setdefault("properties", {})
+        if "spooler" not in self.__dict__:
+            self._start()
+        super()._process_schema_message(message_dict)
+
+    def _start(self) -> None:
+        """Connect, load the API's model and open the log (before the first sink, or at the end of empty input)."""
+        try:
+            _ = self.spooler
+        except FATAL as exc:
+            logger.error("cannot start: %s", exc)
+            raise SystemExit(2) from None
+
+    def _process_record_message(self, message_dict: dict) -> None:
+        stream, record = message_dict.get("stream"), message_dict.get("record")
+        if not isinstance(stream, str) or not isinstance(record, dict):
+            self._bad_line("bad_record", f"RECORD without a stream name or a record object: {_short(message_dict)}")
+            return
+        maps = self.mapper_maps(stream)
+        if maps is None:
+            self._bad_line("record_without_schema",
+                           f"RECORD of stream {stream!r} before its SCHEMA: {_short(record)}")
+            return
+        version = message_dict.get("version")
+        if isinstance(version, int):
+            self._versioned.add(stream)
+        else:
+            version = None
+            self._unversioned.add(stream)
+        for stream_map in maps:
+            rec = stream_map.transform(record if self._plain_maps else copy.copy(record))
+            if rec is None:
+                continue
+            sink = self._sinks_active.get(stream_map.stream_alias)
+            if not isinstance(sink, EdFiSink):
+                self._bad_line("record_without_schema",
+                               f"RECORD of stream {stream_map.stream_alias!r} before its SCHEMA: {_short(rec)}")
+                continue
+            try:
+                sink.spool(rec, version)
+            except (TypeError, ValueError, AttributeError) as exc:  # a record shaped like nothing we know
+                self._bad_line("bad_record", f"stream {stream!r}: cannot read record {_short(rec)}: {exc}")
+
+    def mapper_maps(self, stream: str) -> list | None:
+        return self.mapper.stream_maps.get(stream)
+
+    def _process_state_message(self, message_dict: dict) -> None:
+        # kept back until every record before it has been applied (see process_endofpipe)
+        self._input_state = message_dict.get("value")
+
+    def _process_activate_version_message(self, message_dict: dict) -> None:
+        stream, version = message_dict.get("stream"), message_dict.get("version")
+        if not isinstance(stream, str) or not isinstance(version, int):
+            raise BadInput(f"ACTIVATE_VERSION without a stream or an integer version: {_short(message_dict)}")
+        if self.settings["delete_missing"]:
+            self._activations[stream] = version
+        else:
+            logger.debug("ACTIVATE_VERSION %s of %s ignored (delete_missing is off)", version, stream)
+
+    def _process_batch_message(self, message_dict: dict) -> None:
+        raise BadInput(f"BATCH messages are not supported (stream {message_dict.get('stream')!r})")
+
+    # -- the end of the input: send, report, echo STATE --------------------------------------------------------
+    def process_endofpipe(self) -> None:
+        started = time.monotonic()
+        status = "failed"
+        if "spooler" not in self.__dict__:
+            self._start()
+        try:
+            self.drain_all(is_endofpipe=True)  # every buffered record into the spool (no STATE is written here)
+            self.spooler.flush()
+            logger.info("input done: %d records spooled in %.1fs", self.spooler.spooled, time.monotonic() - started)
+            for stream in self.results.unmapped:
+                logger.error("stream %r maps to no Ed-Fi resource: %d records not sent", stream,
+                             self.results.unmapped[stream])
+            groups, source = send_order(self.client, self.model)
+            logger.info("sending in %d dependency groups (order from %s)", len(groups), source)
+            sender = Sender(
+                self.client, self.model, self.log, self.target_id, self.results, self.run_id, groups,
+                max_workers=int(self.settings["max_workers"]), deferred_passes=int(self.settings["deferred_passes"]),
+                validate=bool(self.settings["validate"]), shapers=self.shaper,
+                progress_interval=float(self.settings["progress_interval"]),
+            )
+            try:
+                sender.apply(self._valid_activations())
+            except FATAL as exc:
+                logger.error("sending stopped: %s. What was not sent stays in the spool of the transaction log; the "
+                             "next run sends it", exc)
+                status = "stopped"
+                return
+            status = "done"
+        finally:
+            self.results.requests = self.client.stats.as_dict() if "client" in self.__dict__ else {}
+            self._finish(status)
+            if status == "stopped":
+                raise SystemExit(2)  # no STATE: not everything before it was applied
+        if self._input_state is not None:
+            self._write_state_message(self._input_state)
+            self.results.state_messages_emitted += 1
+        self._check_threshold()
+
+    def _valid_activations(self) -> dict[str, int]:
+        out = {}
+        for stream, version in self._activations.items():
+            if stream in self._unversioned and stream not in self._versioned:
+                logger.warning("ACTIVATE_VERSION %s of %s ignored: its records carry no version, so delete_missing "
+                               "cannot tell what the stream still has", version, stream)
+                continue
+            if self.routes.route(stream) is None:
+                continue
+            out[stream] = version
+        return out
+
+    def _finish(self, status: str) -> None:
+        failed = self.results.failed
+        limit = int(self.settings["max_failures"])
+        if status == "done" and limit >= 0 and failed > limit:
+            status = "failed_records"
+        self.results.finish(status)
+        self.results.log()
+        path = self.settings.get("results_file")
+        if path:
+            self.results.write(path)
+        if self._log is not None:
+            try:
+                summary = orjson.dumps(self.results.summary(), default=str, option=orjson.OPT_NON_STR_KEYS)
+                self._log.finish_run(self.run_id, status, summary.decode())
+            finally:
+                self._log.close()
+                self._log = None
+
+    def _check_threshold(self) -> None:
+        failed = self.results.failed
+        limit = int(self.settings["max_failures"])
+        if limit >= 0 and failed > limit:
+            logger.error("%d records failed (max_failures is %d): exiting with status 1", failed, limit)
+            self.exit_code = 1
+            sys.exit(1)
+
+    def _handle_termination(self, signum: int, frame: Any) -> None:  # pragma: no cover - signals
+        logger.warning("received signal %d: stopping; what was spooled stays in the transaction log", signum)
+        sys.exit(128 + signum)
+
+
+__all__ = ["CONFIG_SCHEMA", "TargetEdFi"]
+
+
+if __name__ == "__main__":
+    TargetEdFi.cli()

@@ -1,0 +1,120 @@
+"""target-edfi next to two published Ed-Fi clients nobody here wrote, over loopback HTTP only.
+
+* What target-edfi loaded reads back identically through ``edfi-api-client`` (every row of every resource, the
+  payload sent plus only what the server adds).
+* ``lightbeam send`` and target-edfi, given the same data set (``tests/peer_data``), leave two sandboxes with equal
+  content.
+
+The same guards as the peer tests refuse any non-loopback connection: in this process while edfi-api-client
+runs, and (``sitecustomize``) in the lightbeam child process.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from edfi_api_client import EdFiClient as PeerClient
+
+from edfi_core.keys import canonical
+from tests.target_support import content, diff_content, run_target, singer_messages, strip, target_config
+from tests.test_peers_lightbeam import DATA_SET, describe, start_site
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@pytest.fixture
+def loopback_only() -> Iterator[list[Any]]:
+    refused: list[Any] = []
+    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def is_loopback(host: Any) -> bool:
+        name = host.decode() if isinstance(host, bytes) else host
+        return name is None or name in LOOPBACK or str(name).startswith("127.")
+
+    def guarded_connect(self: socket.socket, address: Any) -> None:
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not is_loopback(address[0]):
+            refused.append(address)
+            raise OSError(f"peer-test guard: refused non-loopback connection to {address!r}")
+        return connect(self, address)
+
+    def guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if not is_loopback(host):
+            refused.append(host)
+            raise OSError(f"peer-test guard: refused name lookup of {host!r}")
+        return getaddrinfo(host, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+            mp.delenv(var, raising=False)
+        mp.setenv("NO_PROXY", "127.0.0.1,localhost,::1")
+        mp.setattr(socket.socket, "connect", guarded_connect)
+        mp.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+        yield refused
+    assert refused == [], f"something tried to reach non-loopback addresses: {refused}"
+
+
+def peer_data_messages(seed: int = 3) -> bytes:
+    records = [(stream, row) for stream, rows in DATA_SET.items() for row in rows]
+    random.Random(seed).shuffle(records)
+    return singer_messages(records)
+
+
+@pytest.mark.parametrize("version", ["6.1", "7.3"])
+def test_loaded_items_read_back_identically_through_edfi_api_client(version: str, make_sandbox: Any, tmp_path: Path,
+                                                                    loopback_only: list[Any]) -> None:
+    source = make_sandbox(version, seed=3)
+    sent: dict[str, dict[str, dict[str, Any]]] = {}
+    records = []
+    for res in source.model:
+        for doc in source.store.iter_docs(res.path):
+            body = strip(doc)
+            if res.is_descriptor:
+                body.pop(f"{res.entity}Id", None)
+            sent.setdefault(res.path, {})[canonical(res.natural_key(body)).decode()] = body
+            records.append((res.name, body))
+    random.Random(5).shuffle(records)
+    sb = make_sandbox(version)
+    run = run_target(target_config(sb, tmp_path / "log.db"), singer_messages(records))
+    assert run.exit_code == 0, run.results
+
+    peer = PeerClient(sb.api_root, sb.client_id, sb.client_secret)
+    peer.connect()
+    for res in sb.model:
+        namespace, name = res.path.strip("/").split("/")
+        endpoint = peer.descriptor(name, namespace=namespace) if res.is_descriptor else \
+            peer.resource(name, namespace=namespace)
+        rows = list(endpoint.get_rows(page_size=100))
+        got = {}
+        for row in rows:
+            body = strip(row)
+            if res.is_descriptor:
+                body.pop(f"{res.entity}Id", None)
+            got[canonical(res.natural_key(row)).decode()] = body
+        expected = sent.get(res.path, {})
+        assert set(got) == set(expected), res.path
+        for key, body in expected.items():
+            served = {k: v for k, v in got[key].items() if not (v == [] and k not in body)}  # collections left out
+            assert served == body, f"{res.path} {key}"
+        assert all(row["id"] and row["_etag"] for row in rows)
+
+
+def test_lightbeam_and_target_edfi_leave_equal_content(make_sandbox: Any, tmp_path: Path) -> None:
+    (tmp_path / "lightbeam").mkdir()
+    site = start_site("7.3", tmp_path / "lightbeam")
+    try:
+        proc = site.run("send")
+        assert proc.returncode == 0, describe(proc)
+        by_lightbeam = content(site.sandbox)
+    finally:
+        site.sandbox.stop()
+    sb = make_sandbox("7.3")
+    run = run_target(target_config(sb, tmp_path / "log.db"), peer_data_messages())
+    assert run.exit_code == 0, run.results
+    assert run.totals["created"] == sum(len(rows) for rows in DATA_SET.values())
+    assert sum(len(items) for items in by_lightbeam.values()) == run.totals["created"]
+    assert diff_content(by_lightbeam, content(sb)) == []

@@ -1,0 +1,84 @@
+"""target-edfi when things go wrong: faults and short tokens, and kill -9 in the middle of sending.
+
+"Lands once" is checked with the sandbox's change versions: every insert or update that changes an item takes one
+from the global sequence, and an upsert that changes nothing takes none. Loading N items into an empty sandbox
+must therefore end at change version N, however many requests were retried or resent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.tap_support import run_tap, tap_config
+from tests.target_support import TARGET, RequestCounter, content, diff_content, run_target, target_config
+
+
+def test_faults_and_short_tokens_everything_lands_once(make_sandbox: Any, tmp_path: Path) -> None:
+    a = make_sandbox("7.3", seed=1)
+    b = make_sandbox("7.3", token_ttl=2)
+    messages = run_tap(tap_config(a)).raw
+    total = sum(a.store.count(res.path) for res in a.model)
+    b.set_faults(rate_429=0.04, rate_500=0.03, rate_503=0.02, rate_drop=0.04, retry_after=1, seed=11)
+    run = run_target(target_config(b, tmp_path / "log.db", max_backoff_seconds=0.5), messages)
+    b.clear_faults()
+    assert run.exit_code == 0, run.results
+    assert diff_content(content(a), content(b)) == []
+    assert run.totals["created"] == total and run.totals["failed_all"] == 0
+    assert b.store.change_version == total  # each item written exactly once
+    http = run.results["http"]
+    assert http["retries"] > 0.05 * total  # the faults were there
+    assert {"HTTP 429", "HTTP 500", "HTTP 503"} <= set(http["retry_reasons"])
+    dropped = {"IncompleteRead", "RemoteDisconnected", "ConnectionResetError", "ChunkedEncodingError"}
+    assert dropped & set(http["retry_reasons"])  # dropped connections
+    assert http["token_fetches"] >= 3 or http["auth_renewals"] >= 1  # 2-second tokens were renewed
+
+
+def test_kill_9_while_sending_then_rerun_loses_nothing_and_sends_nothing_twice(make_sandbox: Any,
+                                                                               tmp_path: Path) -> None:
+    a = make_sandbox("7.3", seed=4)
+    b = make_sandbox("7.3")
+    counter = RequestCounter(b)
+    messages = tmp_path / "input.jsonl"
+    messages.write_bytes(run_tap(tap_config(a)).raw)
+    total = sum(a.store.count(res.path) for res in a.model)
+    log = tmp_path / "log.db"
+    config = tmp_path / "config.json"
+    config.write_text(__import__("json").dumps(target_config(b, log)))
+    b.set_faults(latency_ms=15)
+
+    with messages.open("rb") as stdin:
+        proc = subprocess.Popen([TARGET, "--config", str(config)], stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while counter.counts["POST"] < total // 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+    assert out == b"", "no STATE may come out of a run that did not finish"
+    written = b.store.change_version
+    assert 0 < written < total, "the kill came too early or too late to test anything"
+    with sqlite3.connect(log) as db:
+        logged = db.execute("SELECT COUNT(*) FROM transaction_log WHERE status = 'created'").fetchone()[0]
+        spooled = db.execute("SELECT COUNT(*) FROM spool").fetchone()[0]
+    assert logged <= written and spooled == total - logged  # the spool keeps what was not settled
+    assert written - logged <= 2 * 8 + 100  # at most what was in flight or not yet committed
+
+    b.clear_faults()
+    counter.reset()
+    proc = subprocess.run([TARGET, "--config", str(config)], input=messages.read_bytes(), capture_output=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert proc.stdout.strip(), "the finished run echoes STATE"
+    assert diff_content(content(a), content(b)) == []
+    assert b.store.change_version == total  # what was accepted before the kill was not accepted again
+    assert counter.counts["POST"] == total - logged  # only what the log did not know as accepted was sent
+    with sqlite3.connect(log) as db:
+        assert db.execute("SELECT COUNT(*) FROM spool").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM transaction_log WHERE deleted = 0 AND edfi_id IS NOT NULL"
+                          ).fetchone()[0] == total
