@@ -20,14 +20,16 @@ its hash (:func:`edfi_core.keys.payload_hash`) are what the transaction log keys
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import orjson
 
-from edfi_core.keys import canonical, key_hash, payload_hash, split_descriptor_uri
+from edfi_core.keys import canonical, payload_hash, split_descriptor_uri
 from edfi_core.openapi import ApiModel, Resource
 
 #: Fields the API adds to items; never sent (``link`` is dropped at any depth).
@@ -362,13 +364,19 @@ class Shaped:
     def ok(self) -> bool:
         return not self.problems and self.key_complete
 
+    @cached_property
+    def _canonical_key(self) -> bytes | None:
+        return canonical(self.natural_key) if self.key_complete else None
+
     @property
     def key_hash(self) -> str | None:
-        return key_hash(self.natural_key) if self.key_complete else None
+        key = self._canonical_key
+        return hashlib.sha1(key, usedforsecurity=False).hexdigest() if key is not None else None
 
     @property
     def key_text(self) -> str | None:
-        return canonical(self.natural_key).decode() if self.key_complete else None
+        key = self._canonical_key
+        return key.decode() if key is not None else None
 
     def body(self) -> bytes:
         return orjson.dumps(self.payload)

@@ -103,9 +103,12 @@ class Results:
 
     def stream_record(self, stream: str, resource: str | None, counter: str = "records") -> None:
         with self._lock:
-            self.streams.setdefault(stream, Counter())[counter] += 1
-            if resource:
-                self.stream_resources[stream] = resource
+            counts = self.streams.get(stream)
+            if counts is None:
+                counts = self.streams[stream] = Counter()
+                if resource:
+                    self.stream_resources[stream] = resource
+            counts[counter] += 1
 
     def unmapped_record(self, stream: str) -> None:
         with self._lock:

@@ -37,7 +37,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,10 +189,6 @@ class _Pending:
         return len(self.log) + len(self.unspool) + len(self.bumps) + len(self.touches)
 
 
-class FatalSendError(RuntimeError):
-    """A failure that stops the run (credentials refused, the log unusable)."""
-
-
 class Sender:
     """Applies the spool of one target through one client."""
 
@@ -260,12 +256,13 @@ class Sender:
                 for group in self.groups:
                     todo = [p for p in group if pending.get(p, {}).get(UPSERT) or pending.get(p, {}).get(KEY_CHANGE)]
                     if todo:
-                        self._upsert_group(todo, first_pass=n == 1)
+                        self._upsert_group(todo)
                 if not self._deferred_rows:
                     break
                 if n < self.deferred_passes:
                     logger.info("pass %d: %d records wait for references; trying them again", n, self._deferred_rows)
-            self._fail_deferred()
+            if self._deferred_rows:
+                self._fail_deferred()
             if activations:
                 self._delete_missing(activations)
             pending = self.log.pending(self.target)
@@ -304,12 +301,12 @@ class Sender:
         self._flush()
 
     # -- upserts ---------------------------------------------------------------------------------------------
-    def _upsert_group(self, paths: list[str], first_pass: bool) -> None:
+    def _upsert_group(self, paths: list[str]) -> None:
         resources = [r for p in paths if (r := self.model.get(p)) is not None]
         for res in resources:
             self._prime_key_changes(res)
         self._barrier()
-        self._handled: set[tuple[str, str]] = set()
+        self._handled = set()  # key changes sent in this pass: not planned again with the other upserts
         for res in resources:
             if self.log.has_key_change_candidates(self.target, res.path):
                 for row in self.log.key_change_work(self.target, res.path):
@@ -894,15 +891,4 @@ def _group_message(message: str) -> str:
     return message[:300]
 
 
-def iter_chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-__all__ = ["FatalSendError", "Op", "Outcome", "Sender", "classify", "computed_order", "send_order"]
+__all__ = ["Op", "Outcome", "Sender", "Workers", "classify", "computed_order", "send_order"]

@@ -75,7 +75,7 @@ class Spooler:
             self.failures.append(row)
         if spool_key is not None:
             self.superseded.append(spool_key)
-        if len(self.failures) >= self.batch_rows:
+        if len(self.failures) >= self.batch_rows or len(self.superseded) >= self.batch_rows:
             self.flush()
 
     def flush(self) -> None:

@@ -293,8 +293,10 @@ class TargetEdFi(Target):
         """Connect, load the API's model and open the log (before the first sink, or at the end of empty input)."""
         try:
             _ = self.spooler
-        except FATAL as exc:
-            logger.error("cannot start: %s", exc)
+        except Exception as exc:  # the API, its documents or the transaction log are not usable
+            logger.debug("start-up failed", exc_info=True)
+            detail = str(exc) if isinstance(exc, FATAL) else f"{type(exc).__name__}: {exc}"
+            logger.error("cannot start: %s", detail)
             raise SystemExit(2) from None
 
     def _process_record_message(self, message_dict: dict) -> None:

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: failures without a (complete) response: the connection is dropped and the request tried again
 TRANSIENT = (http.client.HTTPException, ConnectionError, TimeoutError, OSError)
+#: what a kept-alive connection the server has closed looks like (tried again at once on a new connection)
+STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
 class Reply:
@@ -101,18 +103,20 @@ class Transport:
         return True
 
     # -- connections -----------------------------------------------------------------------------------------
-    def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+    def _connection(self, scheme: str, netloc: str) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection to ``netloc``, and whether it has served a request already (kept alive)."""
         conns: dict[tuple[str, str], http.client.HTTPConnection] | None = getattr(self._local, "conns", None)
         if conns is None:
             conns = self._local.conns = {}
         conn = conns.get((scheme, netloc))
-        if conn is None:
-            if scheme == "https":
-                conn = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=self._ssl)
-            else:
-                conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
-            conns[(scheme, netloc)] = conn
-        return conn
+        if conn is not None:
+            return conn, True
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=self._ssl)
+        else:
+            conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
+        conns[(scheme, netloc)] = conn
+        return conn, False
 
     def _drop(self, scheme: str, netloc: str) -> None:
         conns = getattr(self._local, "conns", None) or {}
@@ -143,6 +147,7 @@ class Transport:
         stats = client.stats
         tries = client.max_tries
         renewed = False
+        stale_retried = False
         attempt = 0
         delay_n = 0
         last: Reply | None = None
@@ -150,12 +155,22 @@ class Transport:
         while True:
             attempt += 1
             token, bearer = client.tokens.auth_header()
-            conn = self._connection(parsed.scheme, parsed.netloc)
+            conn, reused = self._connection(parsed.scheme, parsed.netloc)
             retry_after: float | None = None
             try:
                 conn.request(method, target, body=data, headers={**base_headers, **bearer})
                 raw = conn.getresponse()
                 content = raw.read()
+            except STALE as exc:
+                self._drop(parsed.scheme, parsed.netloc)
+                if reused and not stale_retried:
+                    # a kept-alive connection the server closed meanwhile: the request never arrived
+                    stale_retried = True
+                    attempt -= 1
+                    continue
+                stats.count_failure()
+                reason = type(exc).__name__
+                last = None
             except TRANSIENT as exc:
                 self._drop(parsed.scheme, parsed.netloc)
                 stats.count_failure()

@@ -31,14 +31,14 @@ def readme_section(name: str) -> str:
     return text[start:end if end != -1 else None]
 
 
-@pytest.mark.parametrize("plugin", ["tap-edfi"])
+@pytest.mark.parametrize("plugin", ["tap-edfi", "target-edfi"])
 def test_readme_settings_table_is_generated_from_about(plugin: str) -> None:
     about = subprocess.run([str(REPO / ".venv" / "bin" / plugin), "--about", "--format=markdown"],
                            capture_output=True, text=True, timeout=120, check=True).stdout
     assert settings_rows(readme_section(plugin)) == settings_rows(about)
 
 
-@pytest.mark.parametrize(("plugin", "kind"), [("tap-edfi", "extractors")])
+@pytest.mark.parametrize(("plugin", "kind"), [("tap-edfi", "extractors"), ("target-edfi", "loaders")])
 def test_meltano_yml_declares_every_setting(plugin: str, kind: str) -> None:
     about = subprocess.run([str(REPO / ".venv" / "bin" / plugin), "--about", "--format=json"],
                            capture_output=True, text=True, timeout=120, check=True).stdout

@@ -85,3 +85,56 @@ def test_kill_9_while_sending_then_rerun_loses_nothing_and_sends_nothing_twice(m
         assert db.execute("SELECT COUNT(*) FROM spool").fetchone()[0] == 0
         assert db.execute("SELECT COUNT(*) FROM transaction_log WHERE deleted = 0 AND edfi_id IS NOT NULL"
                           ).fetchone()[0] == total
+
+
+def test_a_kept_alive_connection_the_server_closed_is_reopened_at_once() -> None:
+    """A server that closes idle keep-alive connections: the next request on one is sent again on a new connection
+    at once, not counted as a failed try (the request never reached the server)."""
+    import http.server
+    import threading
+
+    from edfi_core.session import EdFiClient
+    from target_edfi.transport import Transport
+
+    served: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _reply(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True  # keep-alive promised, connection closed anyway
+
+        def do_GET(self) -> None:
+            served.append(self.path)
+            port = self.server.server_address[1]
+            if self.path == "/":
+                urls = {"dataManagementApi": f"http://127.0.0.1:{port}/data/v3",
+                        "oauth": f"http://127.0.0.1:{port}/oauth/token"}
+                self._reply(__import__("json").dumps({"version": "7.3", "urls": urls}).encode())
+            else:
+                self._reply(b"[]")
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._reply(b'{"access_token": "t", "expires_in": 1800, "token_type": "bearer"}')
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = EdFiClient(f"http://127.0.0.1:{server.server_address[1]}", "id", "secret", max_tries=1)
+        transport = Transport(client)
+        url = client.data_url("/ed-fi/students")
+        for _ in range(3):
+            assert transport.request("GET", url).status_code == 200  # max_tries 1: a counted failure would raise
+        assert served.count("/data/v3/ed-fi/students") == 3
+        assert client.stats.as_dict()["retries"] == 0
+    finally:
+        server.shutdown()
