@@ -53,9 +53,9 @@ from edfi_core.dependencies import (
 from edfi_core.keys import canonical, key_hash
 from edfi_core.openapi import ApiModel, Resource
 from edfi_core.session import EdFiClient, EdFiHTTPError, server_message
+from edfi_core.transport import Reply, Transport
 from target_edfi.payloads import Shaper, reference_keys
 from target_edfi.results import Results
-from target_edfi.transport import Reply, Transport
 from target_edfi.txlog import DELETE, KEY_CHANGE, UPSERT, LogRow, TransactionLog, WorkRow
 
 logger = logging.getLogger(__name__)

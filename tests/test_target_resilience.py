@@ -94,7 +94,7 @@ def test_a_kept_alive_connection_the_server_closed_is_reopened_at_once() -> None
     import threading
 
     from edfi_core.session import EdFiClient
-    from target_edfi.transport import Transport
+    from edfi_core.transport import Transport
 
     served: list[str] = []
 
