@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,7 @@ import msgspec
 import orjson
 
 from edfi_core.session import EdFiClient, EdFiHTTPError, check
+from edfi_core.transport import Transport
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +88,12 @@ class Window:
 class PageReader:
     """The requests of the paging strategies, for one client and page size."""
 
-    def __init__(self, client: EdFiClient, page_size: int, min_limit: int = 0) -> None:
+    def __init__(self, client: EdFiClient, page_size: int, min_limit: int = 0, max_in_flight: int = 8) -> None:
         self.client = client
+        self.transport = Transport(client)  # pages over keep-alive http.client connections, one per thread
+        self.max_in_flight = max(1, max_in_flight)
+        # however many threads plan and read, at most max_in_flight requests are at the API at once
+        self._slots = threading.BoundedSemaphore(self.max_in_flight)
         self.page_size = page_size
         self.count_limit = max(0, min_limit)  # 5.x/6.x refuse limit=0: a count then reads one item
 
@@ -100,8 +107,9 @@ class PageReader:
         return params
 
     def get(self, ep: Endpoint, params: dict[str, Any]) -> tuple[list[Any], Any]:
-        resp = self.client.request("GET", ep.url, params=params, headers=ep.headers or None)
-        check(resp, "GET", ep.url, params)
+        with self._slots:
+            resp = self.transport.request("GET", ep.url, params=params, headers=ep.headers or None)
+        check(resp, "GET", ep.url, params)  # type: ignore[arg-type]
         return decode_page(resp.content), resp
 
     def count_and_first(self, ep: Endpoint, lo: int | None, hi: int | None) -> tuple[int | None, list[Any]]:
@@ -146,8 +154,9 @@ class PageReader:
     def partitions(self, ep: Endpoint, lo: int | None, hi: int | None, number: int) -> list[str]:
         params = {**self._range(lo, hi), "number": max(1, min(MAX_PARTITIONS, number))}
         url = ep.url + "/partitions"
-        resp = self.client.request("GET", url, params=params, headers=ep.headers or None)
-        check(resp, "GET", url, params)
+        with self._slots:
+            resp = self.transport.request("GET", url, params=params, headers=ep.headers or None)
+        check(resp, "GET", url, params)  # type: ignore[arg-type]
         body = orjson.loads(resp.content or b"{}")
         tokens = body.get("pageTokens") if isinstance(body, dict) else None
         return [str(t) for t in tokens or []]
@@ -179,6 +188,22 @@ class Planner:
         self.step_size = max(0, step_size)
         self.pages_per_chunk = max(1, pages_per_chunk)
         self._warned_no_count: set[str] = set()
+        # the counts and partitions of one plan are independent requests: sent together, not one by one
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def _map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        todo = list(items)
+        if len(todo) <= 1:
+            return [fn(x) for x in todo]
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.reader.max_in_flight, thread_name_prefix="tap-edfi-plan")
+        return list(self._pool.map(fn, todo))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def plan(self, ep: Endpoint, lo: int | None, hi: int | None) -> list[Window]:
         if lo is not None and hi is not None and lo > hi:
@@ -188,8 +213,9 @@ class Planner:
         else:
             ranges = [(a, min(a + self.step_size - 1, hi)) for a in range(lo, hi + 1, self.step_size)]
         windows: list[Window] = []
-        for a, b in ranges:
-            count, first = self.reader.count_and_first(ep, a, b)
+        firsts = self._map(lambda r: self.reader.count_and_first(ep, r[0], r[1]), ranges)
+        to_split: list[tuple[int | None, int | None, int]] = []
+        for (a, b), (count, first) in zip(ranges, firsts, strict=True):
             if count is None:
                 if len(first) < self.reader.page_size:
                     if first:
@@ -206,25 +232,38 @@ class Planner:
             if count <= self.reader.page_size and len(first) >= count:
                 windows.append(Window(a, b, count, [Chunk("ready", count, first)]))
                 continue
-            windows.extend(self._split(ep, a, b, count))
-        return windows
+            to_split.append((a, b, count))
+        windows.extend(self._split(ep, to_split))
+        return sorted(windows, key=lambda w: -1 if w.lo is None else w.lo)
 
-    def _split(self, ep: Endpoint, lo: int | None, hi: int | None, count: int) -> list[Window]:
-        if count <= self.max_window_rows or lo is None or hi is None or lo >= hi:
-            return [self._window(ep, lo, hi, count)]
-        mid = (lo + hi) // 2
-        left = self.reader.count(ep, lo, mid)
-        if left is None:
-            return [self._window(ep, lo, hi, count)]
-        # items only ever leave a window (a change gives them a version above the run's bound),
-        # so count - left over-estimates the right half and 0 means empty
-        right = max(0, count - left)
-        out: list[Window] = []
-        if left:
-            out.extend(self._split(ep, lo, mid, left))
-        if right:
-            out.extend(self._split(ep, mid + 1, hi, right))
-        return out
+    def _split(self, ep: Endpoint, ranges: list[tuple[int | None, int | None, int]]) -> list[Window]:
+        """Halve ranges of more than ``max_window_rows`` items until none is, a level at a time (the counts of
+        one level in parallel); then the windows of the leaves."""
+        leaves: list[tuple[int | None, int | None, int]] = []
+        level = ranges
+        while level:
+            halve = []
+            for lo, hi, count in level:
+                if count <= self.max_window_rows or lo is None or hi is None or lo >= hi:
+                    leaves.append((lo, hi, count))
+                else:
+                    halve.append((lo, hi, count))
+            lefts = self._map(lambda r: self.reader.count(ep, r[0], (r[0] + r[1]) // 2), halve)
+            level = []
+            for (lo, hi, count), left in zip(halve, lefts, strict=True):
+                assert lo is not None and hi is not None
+                if left is None:
+                    leaves.append((lo, hi, count))
+                    continue
+                mid = (lo + hi) // 2
+                # items only ever leave a window (a change gives them a version above the run's bound),
+                # so count - left over-estimates the right half and 0 means empty
+                right = max(0, count - left)
+                if left:
+                    level.append((lo, mid, left))
+                if right:
+                    level.append((mid + 1, hi, right))
+        return self._map(lambda r: self._window(ep, r[0], r[1], r[2]), leaves)
 
     def _window(self, ep: Endpoint, lo: int | None, hi: int | None, count: int) -> Window:
         size = self.reader.page_size

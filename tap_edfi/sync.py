@@ -190,7 +190,7 @@ class SyncEngine:
         self.progress = progress or Progress(interval=float(self.settings.get("progress_interval", 10)))
         self.max_workers = max(1, int(self.settings["max_workers"]))
         page_size = int(self.settings["page_size"])
-        self.reader = PageReader(self.client, page_size, self.client.info.min_limit)
+        self.reader = PageReader(self.client, page_size, self.client.info.min_limit, self.max_workers)
         step = int(self.settings.get("change_version_step_size") or 0)
         rows = int(self.settings.get("max_window_rows") or 0)
         self.planner = Planner(self.reader, run.paging, rows or page_size * (10 if run.paging == "reverse" else 50),
@@ -353,6 +353,8 @@ class SyncEngine:
             ok = True
         finally:
             pool.shutdown(wait=ok, cancel_futures=not ok)
+            self.planner.close()
+            self.deletes_planner.close()
             if not ok:
                 # whatever was completely written stays bookmarked
                 try:
