@@ -782,24 +782,32 @@ class Store:
         where, args = self._where(res, min_cv, max_cv, filters)
         conn = self.reader(snapshot)
         table = self._tables[path]
-        total = conn.execute(f'SELECT COUNT(*) FROM "{table}"{where}', args).fetchone()[0]
+        hint = self._page_index(conn, table, min_cv, max_cv) if not filters else ""
+        total = conn.execute(f'SELECT COUNT(*) FROM "{table}"{hint}{where}', args).fetchone()[0]
         if total == 0:
             return []
         number = max(1, min(number, total))
+        after = (where + " AND" if where else " WHERE") + " aggregate_id > ?"
+        # each range's first id, walking the narrow index once: every query starts after the last bound
         bounds: list[int] = []
+        position = 0  # index of the row after the last bound
         for i in range(number):
+            target = (total * i) // number
+            if bounds:
+                sql, params = f"{after}", [*args, bounds[-1]]
+            else:
+                sql, params = where, list(args)
             row = conn.execute(
-                f'SELECT aggregate_id FROM "{table}"{where} ORDER BY aggregate_id LIMIT 1 OFFSET ?',
-                [*args, (total * i) // number],
+                f'SELECT aggregate_id FROM "{table}"{hint}{sql} ORDER BY aggregate_id LIMIT 1 OFFSET ?',
+                [*params, target - position],
             ).fetchone()
+            if row is None:
+                break
             bounds.append(row[0])
+            position = target + 1
         last = conn.execute(f'SELECT MAX(aggregate_id) FROM "{table}"{where}', args).fetchone()[0]
-        ranges = []
-        for i, low in enumerate(bounds):
-            high = bounds[i + 1] - 1 if i + 1 < len(bounds) else last
-            if high >= low:
-                ranges.append((low, high))
-        return ranges
+        # contiguous ranges: each runs up to the next one's first id, the last to the last matching id
+        return [(low, bounds[i + 1] - 1 if i + 1 < len(bounds) else last) for i, low in enumerate(bounds)]
 
     def get(self, path: str, item_id: str, snapshot: Snapshot | None = None) -> bytes:
         self.resource(path)
