@@ -161,11 +161,19 @@ class ApiModel:
         ``entryGradeLevelDescriptor`` -> ``gradeLevelDescriptors``; the longest matching suffix wins.
         """
         low = prop.lower()
+        cache = self._descriptor_for_cache
+        if low in cache:
+            return cache[low]
         best: Resource | None = None
         for entity, res in self._descriptor_by_lower_entity.items():
             if low.endswith(entity) and (best is None or len(entity) > len(best.entity)):
                 best = res
+        cache[low] = best
         return best
+
+    @cached_property
+    def _descriptor_for_cache(self) -> dict[str, Resource | None]:
+        return {}
 
     def reference_targets(self, ref: Reference) -> list[Resource]:
         """Concrete resources a reference may point to.

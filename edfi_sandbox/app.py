@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 MAX_PAGE = 500
 PROFILE_MEDIA = re.compile(r"application/vnd\.ed-fi\.([A-Za-z0-9]+)\.([^.;,\s]+)\.readable\+json")
 CHANGE_SUFFIXES = ("deletes", "keyChanges", "partitions")
+WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
 
 
 @dataclass
@@ -207,6 +208,11 @@ class SandboxApp:
         if area == "changes":
             return await run_in_threadpool(self._changes, route.rest, req)
         if area == "data":
+            if req.method in WRITE_METHODS:
+                # writes are serialized on the store's one writer anyway and take well under a millisecond:
+                # run on the event loop, sparing two thread hand-offs a request (reads, which can be long and
+                # run concurrently on their own connections, go to the thread pool)
+                return self._data(route.rest, req, base)
             return await run_in_threadpool(self._data, route.rest, req, base)
         raise HttpError(404, "not-found", "The specified resource could not be found.")
 
