@@ -21,6 +21,7 @@ from singer_sdk.helpers.capabilities import PluginCapabilities, TapCapabilities
 from edfi_core.discovery import load_model_from_api, load_model_from_files
 from edfi_core.openapi import ApiModel, Resource
 from edfi_core.session import EdFiClient
+from edfi_core.settings import VERIFY_SSL, api_properties, defaults_of, make_client, retry_properties
 from tap_edfi.streams import (
     DELETES,
     ITEMS,
@@ -34,53 +35,11 @@ from tap_edfi.sync import RunContext, SyncEngine, resolve_run
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {
-    "page_size": 500,
-    "max_window_rows": 0,
-    "change_version_step_size": 0,
-    "start_change_version": 0,
-    "include_descriptors": True,
-    "deletes": "inline",
-    "key_changes": True,
-    "use_snapshot": "auto",
-    "paging": "auto",
-    "max_workers": 8,
-    "max_tries": 8,
-    "request_timeout": 120,
-    "max_backoff_seconds": 30,
-    "fail_on_forbidden": False,
-    "progress_interval": 10,
-    "verify_ssl": True,
-}
-
 CONFIG_SCHEMA = th.PropertiesList(
-    th.Property("base_url", th.StringType, required=True, title="API root URL",
-                description="The Ed-Fi API root, whose GET answers the discovery payload with `urls` "
-                            "(e.g. `https://host/v7.3/api`, or `https://host/api/{tenant}/{context}`)."),
-    th.Property("client_id", th.StringType, required=True, title="Client ID",
-                description="OAuth client id (key) of the API client."),
-    th.Property("client_secret", th.StringType, required=True, secret=True, title="Client secret",
-                description="OAuth client secret of the API client."),
-    th.Property("school_year", th.IntegerType,
-                description="5.x/6.x year-specific deployments: the school year segment of the URLs (the root "
-                            "payload shows the current calendar year). 7.x: fills a school-year context "
-                            "placeholder."),
-    th.Property("instance", th.StringType,
-                description="5.x/6.x instance-year-specific deployments: the instance segment."),
-    th.Property("tenant", th.StringType,
-                description="7.x multi-tenant deployments: the tenant route segment, when base_url does not "
-                            "include it."),
-    th.Property("context", th.StringType,
-                description="7.x context-routed deployments: the context route segment (e.g. a school year), "
-                            "when base_url does not include it."),
-    th.Property("data_url", th.StringType,
-                description="Override: the data management API URL (`.../data/v3`)."),
-    th.Property("oauth_url", th.StringType, description="Override: the OAuth token URL."),
-    th.Property("metadata_url", th.StringType, description="Override: the OpenAPI metadata listing URL."),
-    th.Property("change_queries_url", th.StringType,
-                description="Override: the change queries URL (`.../changeQueries/v1`)."),
-    th.Property("scope", th.StringType,
-                description="OAuth scope: an education organization id the client is associated with."),
+    *api_properties(
+        th.Property("change_queries_url", th.StringType,
+                    description="Override: the change queries URL (`.../changeQueries/v1`)."),
+    ),
     th.Property("spec_files", th.ArrayType(th.StringType),
                 description="Local OpenAPI/Swagger documents (resources, descriptors, extensions) to discover "
                             "streams from instead of the API's /metadata, for offline catalogs."),
@@ -119,12 +78,7 @@ CONFIG_SCHEMA = th.PropertiesList(
                             "offset paging over change-version windows. `offset` and `cursor` force one."),
     th.Property("max_workers", th.IntegerType(minimum=1, maximum=64), default=8,
                 description="Concurrent requests (across streams, windows and partitions)."),
-    th.Property("max_tries", th.IntegerType(minimum=1), default=8,
-                description="Tries of one request on 429, 5xx, timeouts and dropped connections."),
-    th.Property("request_timeout", th.NumberType, default=120,
-                description="Seconds to wait for a response."),
-    th.Property("max_backoff_seconds", th.NumberType, default=30,
-                description="Longest wait between two tries (a server's Retry-After may ask for more)."),
+    *retry_properties(request_timeout=120),
     th.Property("profile", th.StringType,
                 description="An API profile name: items are read with its readable content type."),
     th.Property("fail_on_forbidden", th.BooleanType, default=False,
@@ -132,8 +86,10 @@ CONFIG_SCHEMA = th.PropertiesList(
                             "with a warning."),
     th.Property("progress_interval", th.NumberType, default=10,
                 description="Seconds between progress log lines."),
-    th.Property("verify_ssl", th.BooleanType, default=True, description="Verify TLS certificates."),
+    VERIFY_SSL,
 ).to_dict()
+#: every setting's default, from the schema (what --about shows is what a run uses)
+DEFAULTS = defaults_of(CONFIG_SCHEMA)
 
 
 def _matches(res: Resource, name: str, patterns: list[str]) -> bool:
@@ -146,6 +102,7 @@ class TapEdFi(Tap):
     """Singer tap for Ed-Fi ODS/APIs."""
 
     name = "tap-edfi"
+    package_name = "edfi-singer"  # the distribution (for the version in --about and logs)
     config_jsonschema = CONFIG_SCHEMA
     #: no BATCH messages and no ACTIVATE_VERSION (an incremental tap must not make targets drop rows)
     capabilities = [
@@ -166,15 +123,7 @@ class TapEdFi(Tap):
     @cached_property
     def client(self) -> EdFiClient:
         s = self.settings
-        return EdFiClient(
-            s["base_url"], s.get("client_id") or "", s.get("client_secret") or "",
-            max_workers=int(s["max_workers"]), timeout=float(s["request_timeout"]), max_tries=int(s["max_tries"]),
-            backoff_max=float(s["max_backoff_seconds"]), school_year=s.get("school_year"),
-            instance=s.get("instance"), tenant=s.get("tenant"), context=s.get("context"),
-            url_overrides={"data": s.get("data_url"), "oauth": s.get("oauth_url"),
-                           "metadata": s.get("metadata_url"), "change_queries": s.get("change_queries_url")},
-            scope=s.get("scope"), verify=bool(s["verify_ssl"]),
-        )
+        return make_client(s, url_overrides={"change_queries": s.get("change_queries_url")})
 
     @cached_property
     def model(self) -> ApiModel:

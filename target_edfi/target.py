@@ -36,6 +36,7 @@ from edfi_core.auth import AuthError
 from edfi_core.discovery import load_model_from_api, load_model_from_files
 from edfi_core.openapi import ApiModel, Resource, SpecError
 from edfi_core.session import EdFiClient, EdFiHTTPError
+from edfi_core.settings import VERIFY_SSL, api_properties, defaults_of, make_client, retry_properties
 from target_edfi.mapping import StreamMapper
 from target_edfi.payloads import Shaper
 from target_edfi.results import Results
@@ -48,48 +49,11 @@ logger = logging.getLogger("target_edfi")
 DEFAULT_LOG = ".target-edfi/transaction_log.db"
 #: failures that stop a run: the API, its credentials or its documents are not usable
 FATAL = (AuthError, EdFiHTTPError, SpecError, requests.RequestException, ValueError)
-DEFAULTS: dict[str, Any] = {
-    "transaction_log": DEFAULT_LOG,
-    "transaction_log_schema": "target_edfi",
-    "validate": True,
-    "delete_missing": False,
-    "max_workers": 32,
-    "deferred_passes": 3,
-    "max_failures": 0,
-    "max_tries": 8,
-    "request_timeout": 60,
-    "max_backoff_seconds": 30,
-    "batch_size_rows": 5000,
-    "progress_interval": 15,
-    "verify_ssl": True,
-}
-
 CONFIG_SCHEMA = th.PropertiesList(
-    th.Property("base_url", th.StringType, required=True, title="API root URL",
-                description="The Ed-Fi API root, whose GET answers the discovery payload with `urls` "
-                            "(e.g. `https://host/v7.3/api`, or `https://host/api/{tenant}/{context}`)."),
-    th.Property("client_id", th.StringType, required=True, title="Client ID",
-                description="OAuth client id (key) of the API client."),
-    th.Property("client_secret", th.StringType, required=True, secret=True, title="Client secret",
-                description="OAuth client secret of the API client."),
-    th.Property("school_year", th.IntegerType,
-                description="5.x/6.x year-specific deployments: the school year segment of the URLs. 7.x: fills a "
-                            "school-year context placeholder."),
-    th.Property("instance", th.StringType,
-                description="5.x/6.x instance-year-specific deployments: the instance segment."),
-    th.Property("tenant", th.StringType,
-                description="7.x multi-tenant deployments: the tenant route segment, when base_url does not "
-                            "include it."),
-    th.Property("context", th.StringType,
-                description="7.x context-routed deployments: the context route segment (e.g. a school year), "
-                            "when base_url does not include it."),
-    th.Property("data_url", th.StringType, description="Override: the data management API URL (`.../data/v3`)."),
-    th.Property("oauth_url", th.StringType, description="Override: the OAuth token URL."),
-    th.Property("metadata_url", th.StringType, description="Override: the OpenAPI metadata listing URL."),
-    th.Property("dependencies_url", th.StringType,
-                description="Override: the dependency order URL (`.../metadata/data/v3/dependencies`)."),
-    th.Property("scope", th.StringType,
-                description="OAuth scope: an education organization id the client is associated with."),
+    *api_properties(
+        th.Property("dependencies_url", th.StringType,
+                    description="Override: the dependency order URL (`.../metadata/data/v3/dependencies`)."),
+    ),
     th.Property("spec_files", th.ArrayType(th.StringType),
                 description="Local OpenAPI/Swagger documents (resources, descriptors, extensions) describing the "
                             "API, instead of its /metadata."),
@@ -124,17 +88,15 @@ CONFIG_SCHEMA = th.PropertiesList(
                 description="Write the run's results (per resource: records, requests, created, updated, key "
                             "changes, deleted, skipped unchanged, failed, grouped by status and message) as JSON "
                             "to this file."),
-    th.Property("max_tries", th.IntegerType(minimum=1), default=8,
-                description="Tries of one request on 429, 5xx, timeouts and dropped connections."),
-    th.Property("request_timeout", th.NumberType, default=60, description="Seconds to wait for a response."),
-    th.Property("max_backoff_seconds", th.NumberType, default=30,
-                description="Longest wait between two tries (a server's Retry-After may ask for more)."),
+    *retry_properties(request_timeout=60),
     th.Property("batch_size_rows", th.IntegerType(minimum=1), default=5000,
                 description="Records buffered in memory before they are written to the spool in one transaction."),
     th.Property("progress_interval", th.NumberType, default=15,
                 description="Seconds between progress log lines while sending."),
-    th.Property("verify_ssl", th.BooleanType, default=True, description="Verify TLS certificates."),
+    VERIFY_SSL,
 ).to_dict()
+#: every setting's default, from the schema (what --about shows is what a run uses)
+DEFAULTS = defaults_of(CONFIG_SCHEMA)
 
 
 class BadInput(Exception):
@@ -187,6 +149,7 @@ class TargetEdFi(Target):
     """Singer target for Ed-Fi ODS/APIs."""
 
     name = "target-edfi"
+    package_name = "edfi-singer"  # the distribution (for the version in --about and logs)
     config_jsonschema = CONFIG_SCHEMA
     default_sink_class = EdFiSink
     message_reader_class = TolerantReader
@@ -226,15 +189,8 @@ class TargetEdFi(Target):
     @cached_property
     def client(self) -> EdFiClient:
         s = self.settings
-        client = EdFiClient(
-            s["base_url"], s.get("client_id") or "", s.get("client_secret") or "",
-            max_workers=int(s["max_workers"]), timeout=float(s["request_timeout"]), max_tries=int(s["max_tries"]),
-            backoff_max=float(s["max_backoff_seconds"]), school_year=s.get("school_year"),
-            instance=s.get("instance"), tenant=s.get("tenant"), context=s.get("context"),
-            url_overrides={"data": s.get("data_url"), "oauth": s.get("oauth_url"), "metadata": s.get("metadata_url"),
-                           "dependencies": s.get("dependencies_url")},
-            scope=s.get("scope"), verify=bool(s["verify_ssl"]), user_agent="target-edfi/0.1",
-        )
+        client = make_client(s, url_overrides={"dependencies": s.get("dependencies_url")},
+                             user_agent="target-edfi/0.1")
         client.pin_environment()  # thousands of small writes: read proxy settings once, not per request
         return client
 

@@ -1,0 +1,84 @@
+"""The settings tap-edfi and target-edfi share, and the API client made from them.
+
+Where the API is (its root, a year, instance, tenant or context segment, URL overrides), who the client is, and
+how requests are retried: declared once here so that the two plugins accept, document and apply them alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from singer_sdk import typing as th
+
+from edfi_core.session import EdFiClient
+
+
+def api_properties(*extra_urls: th.Property) -> list[th.Property]:
+    """Where the API is and who the client is; ``extra_urls`` are a plugin's own URL overrides."""
+    return [
+        th.Property("base_url", th.StringType, required=True, title="API root URL",
+                    description="The Ed-Fi API root, whose GET answers the discovery payload with `urls` "
+                                "(e.g. `https://host/v7.3/api`, or `https://host/api/{tenant}/{context}`)."),
+        th.Property("client_id", th.StringType, required=True, title="Client ID",
+                    description="OAuth client id (key) of the API client."),
+        th.Property("client_secret", th.StringType, required=True, secret=True, title="Client secret",
+                    description="OAuth client secret of the API client."),
+        th.Property("school_year", th.IntegerType,
+                    description="5.x/6.x year-specific deployments: the school year segment of the URLs (the root "
+                                "payload shows the current calendar year). 7.x: fills a school-year context "
+                                "placeholder."),
+        th.Property("instance", th.StringType,
+                    description="5.x/6.x instance-year-specific deployments: the instance segment."),
+        th.Property("tenant", th.StringType,
+                    description="7.x multi-tenant deployments: the tenant route segment, when base_url does not "
+                                "include it."),
+        th.Property("context", th.StringType,
+                    description="7.x context-routed deployments: the context route segment (e.g. a school year), "
+                                "when base_url does not include it."),
+        th.Property("data_url", th.StringType,
+                    description="Override: the data management API URL (`.../data/v3`)."),
+        th.Property("oauth_url", th.StringType, description="Override: the OAuth token URL."),
+        th.Property("metadata_url", th.StringType, description="Override: the OpenAPI metadata listing URL."),
+        *extra_urls,
+        th.Property("scope", th.StringType,
+                    description="OAuth scope: an education organization id the client is associated with."),
+    ]
+
+
+def retry_properties(request_timeout: float) -> list[th.Property]:
+    """How one request is retried and how long it may take."""
+    return [
+        th.Property("max_tries", th.IntegerType(minimum=1), default=8,
+                    description="Tries of one request on 429, 5xx, timeouts and dropped connections."),
+        th.Property("request_timeout", th.NumberType, default=request_timeout,
+                    description="Seconds to wait for a response."),
+        th.Property("max_backoff_seconds", th.NumberType, default=30,
+                    description="Longest wait between two tries (a server's Retry-After may ask for more)."),
+    ]
+
+
+VERIFY_SSL = th.Property("verify_ssl", th.BooleanType, default=True, description="Verify TLS certificates.")
+
+
+def defaults_of(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """Every setting's default in a plugin's config schema (``PropertiesList.to_dict()``)."""
+    return {name: prop["default"] for name, prop in (schema.get("properties") or {}).items() if "default" in prop}
+
+
+def make_client(s: Mapping[str, Any], *, url_overrides: Mapping[str, str | None] | None = None,
+                user_agent: str | None = None) -> EdFiClient:
+    """The API client for a plugin's settings (defaults applied)."""
+    extra: dict[str, Any] = {"user_agent": user_agent} if user_agent else {}
+    return EdFiClient(
+        s["base_url"], s.get("client_id") or "", s.get("client_secret") or "",
+        max_workers=int(s["max_workers"]), timeout=float(s["request_timeout"]), max_tries=int(s["max_tries"]),
+        backoff_max=float(s["max_backoff_seconds"]), school_year=s.get("school_year"),
+        instance=s.get("instance"), tenant=s.get("tenant"), context=s.get("context"),
+        url_overrides={"data": s.get("data_url"), "oauth": s.get("oauth_url"), "metadata": s.get("metadata_url"),
+                       **(url_overrides or {})},
+        scope=s.get("scope"), verify=bool(s["verify_ssl"]), **extra,
+    )
+
+
+__all__ = ["VERIFY_SSL", "api_properties", "defaults_of", "make_client", "retry_properties"]
