@@ -24,7 +24,9 @@ from typing import Any
 import orjson
 
 from edfi_core.keys import canonical
+from edfi_sandbox.app import HttpError
 from edfi_sandbox.server import Sandbox
+from edfi_sandbox.store import StoreError
 from target_edfi.target import TargetEdFi
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,22 +149,32 @@ def singer_messages(streams: Iterable[tuple[str, dict[str, Any]]], *, key_proper
 
 
 class RequestCounter:
-    """Counts the data management requests a sandbox serves, by method (wraps its ASGI app)."""
+    """Counts the data management requests a sandbox serves, by method and by (method, status) (wraps its ASGI
+    app)."""
 
     def __init__(self, sb: Sandbox) -> None:
         self.counts: Counter = Counter()
+        self.statuses: Counter = Counter()
         app = sb.app
         original = app._dispatch
 
         async def counting(route: Any, req: Any, base: str) -> Any:
-            if route.area == "data":
-                self.counts[req.method] += 1
-            return await original(route, req, base)
+            if route.area != "data":
+                return await original(route, req, base)
+            self.counts[req.method] += 1
+            try:
+                reply = await original(route, req, base)
+            except (HttpError, StoreError) as exc:
+                self.statuses[(req.method, exc.status)] += 1
+                raise
+            self.statuses[(req.method, reply.status)] += 1
+            return reply
 
         app._dispatch = counting  # type: ignore[method-assign]
 
     def reset(self) -> None:
         self.counts.clear()
+        self.statuses.clear()
 
     @property
     def writes(self) -> int:
