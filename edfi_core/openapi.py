@@ -29,7 +29,16 @@ JSON = dict[str, Any]
 PERSON_RESOURCES = ("students", "staffs", "parents", "contacts")
 
 #: Metadata fields the API adds to every item it returns; a client must never send them.
-SERVER_FIELDS = ("id", "_etag", "_lastModifiedDate", "link")
+SERVER_FIELDS = frozenset({"id", "_etag", "_lastModifiedDate", "link"})
+
+
+def without_server_fields(node: Any) -> Any:
+    """An item as a client would send it: ``SERVER_FIELDS`` dropped at every level."""
+    if isinstance(node, dict):
+        return {k: without_server_fields(v) for k, v in node.items() if k not in SERVER_FIELDS}
+    if isinstance(node, list):
+        return [without_server_fields(v) for v in node]
+    return node
 
 
 class SpecError(ValueError):

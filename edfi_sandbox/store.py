@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from edfi_core.keys import canonical, split_descriptor_uri
-from edfi_core.openapi import ApiModel, Reference, Resource
+from edfi_core.openapi import SERVER_FIELDS, ApiModel, Reference, Resource
 
 logger = logging.getLogger(__name__)
 
@@ -971,7 +971,7 @@ def _strip_server_fields(body: JSON) -> JSON:
             return {
                 k: clean(v)
                 for k, v in node.items()
-                if v is not None and k not in ("id", "_etag", "_lastModifiedDate", "link")
+                if v is not None and k not in SERVER_FIELDS
             }
         if isinstance(node, list):
             return [clean(v) for v in node if v is not None]

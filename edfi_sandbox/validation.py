@@ -16,9 +16,7 @@ from typing import Any
 
 from jsonschema import Draft7Validator
 
-from edfi_core.openapi import Resource
-
-SERVER_FIELDS = ("id", "_etag", "_lastModifiedDate", "link")
+from edfi_core.openapi import SERVER_FIELDS, Resource
 
 
 def _writable(schema: Any) -> Any:

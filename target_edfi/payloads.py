@@ -30,10 +30,9 @@ from typing import Any
 import orjson
 
 from edfi_core.keys import canonical, payload_hash, split_descriptor_uri
-from edfi_core.openapi import ApiModel, Resource
+from edfi_core.openapi import SERVER_FIELDS, ApiModel, Resource
 
 #: Fields the API adds to items; never sent (``link`` is dropped at any depth).
-SERVER_FIELDS = frozenset({"id", "_etag", "_lastModifiedDate", "link"})
 SDC_PREFIX = "_sdc_"
 DELETED_AT = "_sdc_deleted_at"
 FLATTEN_SEPARATOR = "__"

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from edfi_core.keys import canonical
+from edfi_core.openapi import without_server_fields
 from edfi_sandbox.app import HttpError
 from edfi_sandbox.server import Sandbox
 from edfi_sandbox.store import StoreError
@@ -32,7 +33,6 @@ from target_edfi.target import TargetEdFi
 REPO = Path(__file__).resolve().parents[1]
 TARGET = str(REPO / ".venv" / "bin" / "target-edfi") if (REPO / ".venv" / "bin" / "target-edfi").exists() \
     else "target-edfi"
-SERVER_FIELDS = frozenset({"id", "_etag", "_lastModifiedDate", "link"})
 
 
 def target_config(sb: Sandbox, log: Path | str, **extra: Any) -> dict[str, Any]:
@@ -87,12 +87,7 @@ def run_target_process(config: dict[str, Any], messages: bytes, tmp: Path, timeo
 
 
 # -- content -------------------------------------------------------------------------------------------------
-def strip(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: strip(v) for k, v in node.items() if k not in SERVER_FIELDS}
-    if isinstance(node, list):
-        return [strip(v) for v in node]
-    return node
+strip = without_server_fields
 
 
 def content(sb: Sandbox, paths: Iterable[str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:

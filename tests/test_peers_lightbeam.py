@@ -29,12 +29,12 @@ from typing import Any
 import lightbeam  # noqa: F401  (a dev dependency: fail loudly when it is missing)
 import pytest
 
+from edfi_core.openapi import without_server_fields
 from edfi_sandbox.server import Sandbox
 
 PEER_DATA = Path(__file__).resolve().parent / "peer_data"
 #: the ``lightbeam`` console script, run with this interpreter (whose environment has lightbeam installed)
 LIGHTBEAM = [sys.executable, "-m", "lightbeam"]
-SERVER_FIELDS = frozenset({"id", "_etag", "_lastModifiedDate", "link"})
 NAMESPACE = "/ed-fi/"
 
 #: id -> (api version, sandbox options, lightbeam ``edfi_api.mode``, lightbeam ``edfi_api.year``)
@@ -122,19 +122,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 DATA_SET: dict[str, list[dict[str, Any]]] = {p.stem: read_jsonl(p) for p in sorted(PEER_DATA.glob("*.jsonl"))}
 
 
-def strip_server_fields(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: strip_server_fields(v) for k, v in node.items() if k not in SERVER_FIELDS}
-    if isinstance(node, list):
-        return [strip_server_fields(v) for v in node]
-    return node
 
 
 def assert_same_payload(served: dict[str, Any], sent: dict[str, Any], where: str) -> None:
     """What the API holds is what was sent: same fields and values; besides server fields (id, _etag,
     _lastModifiedDate, reference links, a descriptor's integer ``{name}DescriptorId``) a real ODS/API only adds
     collections the payload left out, as []."""
-    served = {k: v for k, v in strip_server_fields(served).items()
+    served = {k: v for k, v in without_server_fields(served).items()
               if not (k.endswith("DescriptorId") and isinstance(v, int) and k not in sent)}
     for name, value in sent.items():
         assert served.get(name) == value, f"{where}: {name} is {served.get(name)!r}, sent {value!r}"
