@@ -31,6 +31,7 @@ from requests.exceptions import HTTPError
 
 from edfi_sandbox.server import Sandbox
 from edfi_sandbox.store import Store
+from tests.loopback import loopback_guard
 
 SEED_STUDENTS = 60
 STEP = 700  # change-version window of the stepping paginator (the seeded district spans ~5,400 versions)
@@ -63,48 +64,10 @@ PAGED = (
 
 
 # -- loopback only ---------------------------------------------------------------------------------------
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
-refused: list[Any] = []
-
-
-def _is_loopback(host: Any) -> bool:
-    name = host.decode() if isinstance(host, bytes) else host
-    return name is None or name in LOOPBACK or str(name).startswith("127.")
-
-
 @pytest.fixture(scope="module")
-def loopback_only() -> Iterator[None]:
-    """Refuse (and record) every connection or name lookup that is not loopback; no proxies."""
-    connect, connect_ex, getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
-
-    def check(sock: socket.socket, address: Any) -> None:
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
-            refused.append(address)
-            raise OSError(f"peer-test guard: refused non-loopback connection to {address!r}")
-
-    def guarded_connect(self: socket.socket, address: Any) -> None:
-        check(self, address)
-        return connect(self, address)
-
-    def guarded_connect_ex(self: socket.socket, address: Any) -> int:
-        check(self, address)
-        return connect_ex(self, address)
-
-    def guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _is_loopback(host):
-            refused.append(host)
-            raise OSError(f"peer-test guard: refused name lookup of {host!r}")
-        return getaddrinfo(host, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-            mp.delenv(var, raising=False)
-        mp.setenv("NO_PROXY", "127.0.0.1,localhost,::1")
-        mp.setattr(socket.socket, "connect", guarded_connect)
-        mp.setattr(socket.socket, "connect_ex", guarded_connect_ex)
-        mp.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
-        yield
-    assert refused == [], f"edfi-api-client tried to reach non-loopback addresses: {refused}"
+def loopback_only() -> Iterator[list[Any]]:
+    with loopback_guard("edfi-api-client") as refused:
+        yield refused
 
 
 # -- the sandbox and the client ----------------------------------------------------------------------------
@@ -136,7 +99,7 @@ class Site:
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
-def site(request: pytest.FixtureRequest, loopback_only: None) -> Iterator[Site]:
+def site(request: pytest.FixtureRequest, loopback_only: list[Any]) -> Iterator[Site]:
     version, options, client_options, mode = VARIANTS[request.param]
     sb = Sandbox(version, seed=SEED_STUDENTS, **options).start()
     try:
@@ -155,12 +118,12 @@ def ids_of(rows: list[dict[str, Any]]) -> set[str]:
 
 
 # -- discovery ---------------------------------------------------------------------------------------------
-def test_loopback_guard_is_active(loopback_only: None) -> None:
+def test_loopback_guard_is_active(loopback_only: list[Any]) -> None:
     for address in (("192.0.2.1", 9), ("example.invalid", 80)):
         with pytest.raises(OSError, match="peer-test guard: refused"):
             socket.create_connection(address, timeout=1)
-    assert refused == ["192.0.2.1", "example.invalid"]
-    refused.clear()
+    assert loopback_only == ["192.0.2.1", "example.invalid"]
+    loopback_only.clear()
 
 
 def test_client_reads_root_metadata_and_swagger(site: Site) -> None:

@@ -12,7 +12,6 @@ runs, and (``sitecustomize``) in the lightbeam child process.
 from __future__ import annotations
 
 import random
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,41 +20,15 @@ import pytest
 from edfi_api_client import EdFiClient as PeerClient
 
 from edfi_core.keys import canonical
+from tests.loopback import loopback_guard
 from tests.target_support import content, diff_content, run_target, singer_messages, strip, target_config
 from tests.test_peers_lightbeam import DATA_SET, describe, start_site
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 @pytest.fixture
 def loopback_only() -> Iterator[list[Any]]:
-    refused: list[Any] = []
-    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
-
-    def is_loopback(host: Any) -> bool:
-        name = host.decode() if isinstance(host, bytes) else host
-        return name is None or name in LOOPBACK or str(name).startswith("127.")
-
-    def guarded_connect(self: socket.socket, address: Any) -> None:
-        if self.family in (socket.AF_INET, socket.AF_INET6) and not is_loopback(address[0]):
-            refused.append(address)
-            raise OSError(f"peer-test guard: refused non-loopback connection to {address!r}")
-        return connect(self, address)
-
-    def guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if not is_loopback(host):
-            refused.append(host)
-            raise OSError(f"peer-test guard: refused name lookup of {host!r}")
-        return getaddrinfo(host, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-            mp.delenv(var, raising=False)
-        mp.setenv("NO_PROXY", "127.0.0.1,localhost,::1")
-        mp.setattr(socket.socket, "connect", guarded_connect)
-        mp.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    with loopback_guard() as refused:
         yield refused
-    assert refused == [], f"something tried to reach non-loopback addresses: {refused}"
 
 
 def peer_data_messages(seed: int = 3) -> bytes:
