@@ -120,3 +120,8 @@ def load_model_from_files(paths: Iterable[str | Path]) -> ApiModel:
     logger.info("loaded %d resources and descriptors from %d files in %.1fs", len(model), len(docs),
                 time.perf_counter() - started)
     return model
+
+
+def load_model(spec_files: Iterable[str | Path] | None, client: EdFiClient) -> ApiModel:
+    """The API's model: from local spec files when there are any, else from the API's own documents."""
+    return load_model_from_files(spec_files) if spec_files else load_model_from_api(client)

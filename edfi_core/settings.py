@@ -11,7 +11,7 @@ from typing import Any
 
 from singer_sdk import typing as th
 
-from edfi_core.session import EdFiClient
+from edfi_core.session import USER_AGENT, EdFiClient
 
 
 def api_properties(*extra_urls: th.Property) -> list[th.Property]:
@@ -66,10 +66,14 @@ def defaults_of(schema: Mapping[str, Any]) -> dict[str, Any]:
     return {name: prop["default"] for name, prop in (schema.get("properties") or {}).items() if "default" in prop}
 
 
+def with_defaults(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's settings: the config's values, the defaults where a setting is absent or null."""
+    return {**defaults, **{k: v for k, v in config.items() if v is not None}}
+
+
 def make_client(s: Mapping[str, Any], *, url_overrides: Mapping[str, str | None] | None = None,
                 user_agent: str | None = None) -> EdFiClient:
     """The API client for a plugin's settings (defaults applied)."""
-    extra: dict[str, Any] = {"user_agent": user_agent} if user_agent else {}
     return EdFiClient(
         s["base_url"], s.get("client_id") or "", s.get("client_secret") or "",
         max_workers=int(s["max_workers"]), timeout=float(s["request_timeout"]), max_tries=int(s["max_tries"]),
@@ -77,8 +81,8 @@ def make_client(s: Mapping[str, Any], *, url_overrides: Mapping[str, str | None]
         instance=s.get("instance"), tenant=s.get("tenant"), context=s.get("context"),
         url_overrides={"data": s.get("data_url"), "oauth": s.get("oauth_url"), "metadata": s.get("metadata_url"),
                        **(url_overrides or {})},
-        scope=s.get("scope"), verify=bool(s["verify_ssl"]), **extra,
+        scope=s.get("scope"), verify=bool(s["verify_ssl"]), user_agent=user_agent or USER_AGENT,
     )
 
 
-__all__ = ["VERIFY_SSL", "api_properties", "defaults_of", "make_client", "retry_properties"]
+__all__ = ["VERIFY_SSL", "api_properties", "defaults_of", "make_client", "retry_properties", "with_defaults"]

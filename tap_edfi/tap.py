@@ -18,10 +18,17 @@ from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.helpers.capabilities import PluginCapabilities, TapCapabilities
 
-from edfi_core.discovery import load_model_from_api, load_model_from_files
+from edfi_core.discovery import load_model
 from edfi_core.openapi import ApiModel, Resource
 from edfi_core.session import EdFiClient
-from edfi_core.settings import VERIFY_SSL, api_properties, defaults_of, make_client, retry_properties
+from edfi_core.settings import (
+    VERIFY_SSL,
+    api_properties,
+    defaults_of,
+    make_client,
+    retry_properties,
+    with_defaults,
+)
 from tap_edfi.streams import (
     DELETES,
     ITEMS,
@@ -118,7 +125,7 @@ class TapEdFi(Tap):
     # -- settings and API ---------------------------------------------------------------------------
     @cached_property
     def settings(self) -> dict[str, Any]:
-        return {**DEFAULTS, **{k: v for k, v in self.config.items() if v is not None}}
+        return with_defaults(self.config, DEFAULTS)
 
     @cached_property
     def client(self) -> EdFiClient:
@@ -127,10 +134,7 @@ class TapEdFi(Tap):
 
     @cached_property
     def model(self) -> ApiModel:
-        files = self.settings.get("spec_files")
-        if files:
-            return load_model_from_files(files)
-        return load_model_from_api(self.client)
+        return load_model(self.settings.get("spec_files"), self.client)
 
     @cached_property
     def run_context(self) -> RunContext:

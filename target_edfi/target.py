@@ -33,10 +33,17 @@ from singer_sdk.plugin_base import PluginBase
 from singer_sdk.singerlib.encoding.base import GenericSingerReader
 
 from edfi_core.auth import AuthError
-from edfi_core.discovery import load_model_from_api, load_model_from_files
+from edfi_core.discovery import load_model
 from edfi_core.openapi import ApiModel, Resource, SpecError
 from edfi_core.session import EdFiClient, EdFiHTTPError
-from edfi_core.settings import VERIFY_SSL, api_properties, defaults_of, make_client, retry_properties
+from edfi_core.settings import (
+    VERIFY_SSL,
+    api_properties,
+    defaults_of,
+    make_client,
+    retry_properties,
+    with_defaults,
+)
 from target_edfi.mapping import StreamMapper
 from target_edfi.payloads import Shaper
 from target_edfi.results import Results
@@ -184,7 +191,7 @@ class TargetEdFi(Target):
     # -- settings, API, model, log ---------------------------------------------------------------------------
     @cached_property
     def settings(self) -> dict[str, Any]:
-        return {**DEFAULTS, **{k: v for k, v in self.config.items() if v is not None}}
+        return with_defaults(self.config, DEFAULTS)
 
     @cached_property
     def client(self) -> EdFiClient:
@@ -196,8 +203,7 @@ class TargetEdFi(Target):
 
     @cached_property
     def model(self) -> ApiModel:
-        files = self.settings.get("spec_files")
-        return load_model_from_files(files) if files else load_model_from_api(self.client)
+        return load_model(self.settings.get("spec_files"), self.client)
 
     @cached_property
     def routes(self) -> StreamMapper:
