@@ -793,10 +793,7 @@ class Store:
         position = 0  # index of the row after the last bound
         for i in range(number):
             target = (total * i) // number
-            if bounds:
-                sql, params = f"{after}", [*args, bounds[-1]]
-            else:
-                sql, params = where, list(args)
+            sql, params = (after, [*args, bounds[-1]]) if bounds else (where, list(args))
             row = conn.execute(
                 f'SELECT aggregate_id FROM "{table}"{hint}{sql} ORDER BY aggregate_id LIMIT 1 OFFSET ?',
                 [*params, target - position],

@@ -106,10 +106,15 @@ class PageReader:
             params["maxChangeVersion"] = hi
         return params
 
-    def get(self, ep: Endpoint, params: dict[str, Any]) -> tuple[list[Any], Any]:
+    def _request(self, ep: Endpoint, url: str, params: dict[str, Any]) -> Any:
+        """One GET (in one of the ``max_in_flight`` slots); :class:`EdFiHTTPError` unless it succeeded."""
         with self._slots:
-            resp = self.transport.request("GET", ep.url, params=params, headers=ep.headers or None)
-        check(resp, "GET", ep.url, params)  # type: ignore[arg-type]
+            resp = self.transport.request("GET", url, params=params, headers=ep.headers or None)
+        check(resp, "GET", url, params)  # type: ignore[arg-type]
+        return resp
+
+    def get(self, ep: Endpoint, params: dict[str, Any]) -> tuple[list[Any], Any]:
+        resp = self._request(ep, ep.url, params)
         return decode_page(resp.content), resp
 
     def count_and_first(self, ep: Endpoint, lo: int | None, hi: int | None) -> tuple[int | None, list[Any]]:
@@ -153,10 +158,7 @@ class PageReader:
 
     def partitions(self, ep: Endpoint, lo: int | None, hi: int | None, number: int) -> list[str]:
         params = {**self._range(lo, hi), "number": max(1, min(MAX_PARTITIONS, number))}
-        url = ep.url + "/partitions"
-        with self._slots:
-            resp = self.transport.request("GET", url, params=params, headers=ep.headers or None)
-        check(resp, "GET", url, params)  # type: ignore[arg-type]
+        resp = self._request(ep, ep.url + "/partitions", params)
         body = orjson.loads(resp.content or b"{}")
         tokens = body.get("pageTokens") if isinstance(body, dict) else None
         return [str(t) for t in tokens or []]
