@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from edfi_core.keys import canonical
-from edfi_core.openapi import without_server_fields
+from edfi_core.openapi import Resource, without_server_fields
 from edfi_sandbox.app import HttpError
 from edfi_sandbox.server import Sandbox
 from edfi_sandbox.store import StoreError
@@ -87,7 +87,12 @@ def run_target_process(config: dict[str, Any], messages: bytes, tmp: Path, timeo
 
 
 # -- content -------------------------------------------------------------------------------------------------
-strip = without_server_fields
+def payload_of(res: Resource, item: dict[str, Any]) -> dict[str, Any]:
+    """An item as a client would POST it: no server fields, no descriptor's integer ``{name}DescriptorId``."""
+    body = without_server_fields(item)
+    if res.is_descriptor:
+        body.pop(f"{res.entity}Id", None)
+    return body
 
 
 def content(sb: Sandbox, paths: Iterable[str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
@@ -98,9 +103,7 @@ def content(sb: Sandbox, paths: Iterable[str] | None = None) -> dict[str, dict[s
             continue
         items: dict[str, dict[str, Any]] = {}
         for doc in sb.store.iter_docs(res.path):
-            body = strip(doc)
-            if res.is_descriptor:
-                body.pop(f"{res.entity}Id", None)
+            body = payload_of(res, doc)
             items[canonical(res.natural_key(doc)).decode()] = body
         out[res.path] = items
     return out
@@ -181,5 +184,14 @@ class RequestCounter:
         yield self
 
 
-__all__ = ["RequestCounter", "Run", "content", "diff_content", "run_target", "run_target_process",
-           "singer_messages", "strip", "target_config"]
+__all__ = [
+    "RequestCounter",
+    "Run",
+    "content",
+    "diff_content",
+    "payload_of",
+    "run_target",
+    "run_target_process",
+    "singer_messages",
+    "target_config",
+]

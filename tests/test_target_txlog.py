@@ -14,15 +14,16 @@ from typing import Any
 import pytest
 
 from edfi_core.keys import canonical, key_hash
+from edfi_core.openapi import without_server_fields
 from target_edfi.txlog import SQLiteLog, TransactionLog, open_log
 from tests.tap_support import Mutator
 from tests.target_support import (
     RequestCounter,
     content,
     diff_content,
+    payload_of,
     run_target,
     singer_messages,
-    strip,
     target_config,
 )
 
@@ -74,9 +75,7 @@ def test_transaction_log_backends(log_settings: dict[str, str], make_sandbox: An
     records = []
     for res in a.model:
         for doc in a.store.iter_docs(res.path):
-            body = strip(doc)
-            if res.is_descriptor:
-                body.pop(f"{res.entity}Id", None)
+            body = payload_of(res, doc)
             records.append((res.name, {**body, "row_id": doc["id"]} if res.name == "students" else body))
     keys = {"students": ["row_id"]}
     total = len(records)
@@ -93,7 +92,7 @@ def test_transaction_log_backends(log_settings: dict[str, str], make_sandbox: An
     student = next(a.store.iter_docs("/ed-fi/students"))
     Mutator(a).update("/ed-fi/students", 1, "firstName", lambda d: "Renamed")
     event = next(a.store.iter_docs("/ed-fi/studentSchoolAttendanceEvents"))
-    deleted = {**strip(event), "_sdc_deleted_at": "2025-01-01T00:00:00Z"}
+    deleted = {**without_server_fields(event), "_sdc_deleted_at": "2025-01-01T00:00:00Z"}
     assert Mutator(a).http.delete(Mutator(a).url(f"/ed-fi/studentSchoolAttendanceEvents/{event['id']}")).ok
     changed = [(s, {**r, "firstName": "Renamed"} if r.get("row_id") == student["id"] else r) for s, r in records]
     run = run_target(config, singer_messages([*changed, ("studentSchoolAttendanceEvents", deleted)],

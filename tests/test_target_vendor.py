@@ -17,15 +17,16 @@ from typing import Any
 import orjson
 import pytest
 
+from edfi_core.openapi import without_server_fields
 from edfi_sandbox.server import Sandbox
 from tests.tap_support import Mutator, next_day
 from tests.target_support import (
     RequestCounter,
     content,
     diff_content,
+    payload_of,
     run_target,
     singer_messages,
-    strip,
     target_config,
 )
 
@@ -61,9 +62,7 @@ class Vendor:
         for res in self.sb.model:
             stream = STREAMS.get(res.path, res.name)
             for doc in self.sb.store.iter_docs(res.path):
-                record = strip(doc)
-                if res.is_descriptor:
-                    record.pop(f"{res.entity}Id", None)
+                record = payload_of(res, doc)
                 if stream in KEYED:
                     record[KEYED[stream]] = self.vendor_id(doc["id"], stream)
                 if stream == "students":  # tap-csv: every column a string, dates as timestamps
@@ -123,12 +122,12 @@ def test_vendor_load_rerun_change_delete_and_key_changes(sites: tuple[Sandbox, S
     for path, docs in gone.items():
         for doc in docs:
             assert m.http.delete(m.url(f"{path}/{doc['id']}"), timeout=30).status_code == 204
-            record = {**strip(doc), "_sdc_deleted_at": "2025-01-01T00:00:00Z"}
+            record = {**without_server_fields(doc), "_sdc_deleted_at": "2025-01-01T00:00:00Z"}
             deletes.append((path.rsplit("/", 1)[-1], record))
     assert m.change_key("/ed-fi/studentSchoolAssociations", 1, "entryDate", lambda d: next_day(d["entryDate"])) == 1
     event = m.docs("/ed-fi/studentSchoolAttendanceEvents")[0]
     assert m.http.delete(m.url(f"/ed-fi/studentSchoolAttendanceEvents/{event['id']}"), timeout=30).status_code == 204
-    moved = {**strip(event), "eventDate": "2031-03-03"}  # a date nobody else has
+    moved = {**without_server_fields(event), "eventDate": "2031-03-03"}  # a date nobody else has
     resp = m.http.post(m.url("/ed-fi/studentSchoolAttendanceEvents"), json=moved, timeout=30)
     assert resp.status_code == 201
     vendor.ids[resp.headers["Location"].rsplit("/", 1)[-1]] = vendor.ids[event["id"]]  # same vendor row
