@@ -42,6 +42,13 @@ _DATE_PREFIX = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ]00:00(?::00(?:\.0+)?)?(?:Z|[
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0"})
 _DROP = object()
+#: deepest nesting of a value the schema says nothing about (Ed-Fi resources nest about 5 levels): deeper records
+#: fail, named, instead of exhausting the interpreter's stack
+MAX_DEPTH = 64
+
+
+class TooDeep(ValueError):
+    """A record nested deeper than :data:`MAX_DEPTH` levels."""
 
 
 def snake_to_camel(name: str) -> str:
@@ -135,12 +142,16 @@ def _maybe_json(value: str) -> Any:
     return value
 
 
-def _clean_any(value: Any) -> Any:
-    """Drop links and nulls from a value the schema says nothing about."""
+def _clean_any(value: Any, depth: int = 0) -> Any:
+    """Drop links and nulls from a value the schema says nothing about (at most :data:`MAX_DEPTH` levels)."""
     if isinstance(value, dict):
-        return {k: _clean_any(v) for k, v in value.items() if v is not None and k != "link"}
+        if depth >= MAX_DEPTH:
+            raise TooDeep(f"a value is nested more than {MAX_DEPTH} levels deep")
+        return {k: _clean_any(v, depth + 1) for k, v in value.items() if v is not None and k != "link"}
     if isinstance(value, list):
-        return [_clean_any(v) for v in value if v is not None]
+        if depth >= MAX_DEPTH:
+            raise TooDeep(f"a value is nested more than {MAX_DEPTH} levels deep")
+        return [_clean_any(v, depth + 1) for v in value if v is not None]
     return value
 
 
@@ -497,11 +508,13 @@ def reference_keys(model: ApiModel, resource: Resource, payload: dict[str, Any])
 
 __all__ = [
     "DELETED_AT",
+    "MAX_DEPTH",
     "SERVER_FIELDS",
     "Node",
     "Problems",
     "Shaped",
     "Shaper",
+    "TooDeep",
     "compile_schema",
     "descriptor_values",
     "reference_keys",

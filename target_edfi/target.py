@@ -45,7 +45,7 @@ from edfi_core.settings import (
     with_defaults,
 )
 from target_edfi.mapping import StreamMapper
-from target_edfi.payloads import Shaper
+from target_edfi.payloads import Shaper, TooDeep
 from target_edfi.results import Results
 from target_edfi.sender import Sender, send_order
 from target_edfi.sinks import EdFiSink, Spooler, _short
@@ -147,6 +147,11 @@ class TolerantReader(GenericSingerReader[bytes]):
                 callback(message)
             except (BadInput, InvalidInputLine) as exc:
                 self.on_bad_line("bad_message", f"input line {self.line_number}: {exc}")
+                continue
+            except Exception as exc:  # a message that breaks something: reported, and the input goes on
+                logger.debug("message processing failed", exc_info=True)
+                self.on_bad_line("bad_message", f"input line {self.line_number} ({kind}): cannot process it: "
+                                                f"{type(exc).__name__}: {str(exc)[:200]}")
                 continue
             stats[kind] += 1
         return Counter(**stats)
@@ -288,8 +293,25 @@ class TargetEdFi(Target):
                 continue
             try:
                 sink.spool(rec, version)
-            except (TypeError, ValueError, AttributeError) as exc:  # a record shaped like nothing we know
-                self._bad_line("bad_record", f"stream {stream!r}: cannot read record {_short(rec)}: {exc}")
+            except Exception as exc:  # a poison record: it fails, named, and the run goes on
+                self._poison(sink, rec, exc)
+
+    def _poison(self, sink: EdFiSink, record: dict, exc: Exception) -> None:
+        """A record whose processing raised: failed, named by stream, input line and source key (no values)."""
+        logger.debug("record processing failed", exc_info=True)
+        source_key = None
+        try:
+            source_key = sink.source_key(record, None)
+            if source_key is None and sink.shaper is not None:  # keyed by its natural key: read only the key
+                firsts = {path[0] for path in sink.shaper.resource.key_paths.values()}
+                source_key = sink.shaper.key_only({k: v for k, v in record.items() if k in firsts}).key_text
+        except Exception:
+            logger.debug("no source key for a broken record", exc_info=True)
+        reader = self.message_reader
+        where = f"input line {reader.line_number}" if isinstance(reader, TolerantReader) else "input"
+        detail = str(exc) if isinstance(exc, TooDeep) else f"{type(exc).__name__}: {str(exc)[:200]}"
+        self._bad_line("bad_record", f"stream {sink.stream_name!r}, {where}, source key "
+                                     f"{source_key or '(none)'}: record not sent: {detail}")
 
     def mapper_maps(self, stream: str) -> list | None:
         return self.mapper.stream_maps.get(stream)
