@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 #: Counters of one resource, in the order they are reported.
 COUNTERS = ("records", "requests", "created", "updated", "key_changes", "deleted", "already_deleted",
-            "superseded", "skipped_unchanged", "deferred", "failed")
+            "superseded", "skipped_unchanged", "deferred", "failed", "waiting")
 EXAMPLES = 3
 MAX_GROUPS = 50  # failure groups per resource; more distinct messages are counted as "other messages"
 #: bad input that counts as failed records (a line that is not JSON most likely was one)
@@ -44,6 +44,7 @@ class FailureGroup:
 class ResourceResults:
     counts: Counter = field(default_factory=Counter)
     failures: dict[tuple[str, str], FailureGroup] = field(default_factory=dict)
+    waits: Counter = field(default_factory=Counter)  # (status, message) of records kept in the spool
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: self.counts.get(name, 0) for name in COUNTERS}
@@ -51,6 +52,8 @@ class ResourceResults:
             {"status": g.status, "message": g.message, "count": g.count, "examples": g.examples}
             for g in sorted(self.failures.values(), key=lambda g: -g.count)
         ]
+        out["waiting_reasons"] = [{"status": status, "message": message, "count": n}
+                                  for (status, message), n in self.waits.most_common(MAX_GROUPS)]
         return out
 
 
@@ -100,6 +103,30 @@ class Results:
             group.count += 1
             if example is not None and len(group.examples) < EXAMPLES:
                 group.examples.append(example)
+
+    def wait(self, resource: str, status: int | str | None, message: str) -> None:
+        """A record kept in the spool after a transient outcome (sent again by the next run)."""
+        with self._lock:
+            res = self._res(resource)
+            res.counts["waiting"] += 1
+            res.waits[(str(status) if status is not None else "no response", message or "")] += 1
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return sum(r.counts.get("waiting", 0) for r in self.resources.values())
+
+    def waiting_by_resource(self) -> dict[str, int]:
+        with self._lock:
+            return {path: r.counts["waiting"] for path, r in self.resources.items() if r.counts.get("waiting")}
+
+    def waiting_reasons(self) -> Counter:
+        """(status, message) -> records kept in the spool, over all resources."""
+        with self._lock:
+            total: Counter = Counter()
+            for res in self.resources.values():
+                total.update(res.waits)
+            return total
 
     def stream_record(self, stream: str, resource: str | None, counter: str = "records") -> None:
         with self._lock:
@@ -186,9 +213,9 @@ class Results:
         totals = summary["totals"]
         logger.info(
             "target-edfi run %s: %d records, %d requests: %d created, %d updated, %d key changes, %d deleted, "
-            "%d skipped unchanged, %d failed (%s)", self.run_id, totals["records"], totals["requests"],
-            totals["created"], totals["updated"], totals["key_changes"], totals["deleted"],
-            totals["skipped_unchanged"], totals["failed_all"], summary["status"])
+            "%d skipped unchanged, %d failed, %d waiting in the spool (%s)", self.run_id, totals["records"],
+            totals["requests"], totals["created"], totals["updated"], totals["key_changes"], totals["deleted"],
+            totals["skipped_unchanged"], totals["failed_all"], totals["waiting"], summary["status"])
 
 
 __all__ = ["COUNTERS", "Results", "utc_now"]

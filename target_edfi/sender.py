@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from typing import Any
 import orjson
 import requests
 
+from edfi_core.auth import AuthError
 from edfi_core.dependencies import (
     dependency_graph,
     dependency_items,
@@ -139,7 +141,7 @@ class Outcome:
     op: Op
     action: str  # what was finally done: post | put | delete | lookup
     status: int | None
-    kind: str  # ok | not_found | unresolved | dependent | conflict | failed
+    kind: str  # ok | not_found | unresolved | dependent | conflict | failed | transient (kept in the spool)
     edfi_id: str | None = None
     message: str = ""
     requests: int = 1
@@ -153,12 +155,50 @@ def id_from_location(resp: Reply | requests.Response) -> str | None:
     return location.rstrip("/").rsplit("/", 1)[-1] or None
 
 
-def classify(resp: Reply | requests.Response) -> tuple[str, str]:
-    """(kind, server message) of a final response."""
+def write_evidence(resp: Reply | requests.Response, method: str) -> str | None:
+    """``None`` when a 2xx answer to a write carries the evidence an Ed-Fi API gives, else what is missing.
+
+    ODS/API 5.3, 6.1 and 7.3 (``DataManagementControllerBase``, see docs/write-answers.md) answer a POST with 201
+    (created) or 200 (updated), a PUT with 204 (or 201), both with ``Location`` (the item's URL) and ``ETag`` and
+    no body; a DELETE with 204 and no body. A 2xx without that (a proxy's ``200 text/html`` login page, a
+    maintenance page) is not the API's answer: the write may not have happened.
+    """
+    status = resp.status_code
+    content_type = (resp.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+    if resp.content and content_type and "json" not in content_type:
+        return f"HTTP {status} {content_type or 'without a content type'}, not the API's answer"
+    if method == "POST":
+        if status in (200, 201) and id_from_location(resp):
+            return None
+        return f"HTTP {status} without the Location of the item, not the API's answer"
+    if method == "PUT":
+        if status in (200, 201, 204) and (resp.headers.get("ETag") or resp.headers.get("Location")):
+            return None
+        return f"HTTP {status} without ETag or Location, not the API's answer"
+    if method == "DELETE":
+        if status == 204 or (status == 200 and not resp.content):
+            return None
+        return f"HTTP {status} with a body, not the API's answer to a DELETE"
+    return None
+
+
+def transient_status(status: int | None) -> bool:
+    """A failure that says nothing about the record: no answer, 429, or a server error."""
+    return status is None or status == 429 or status >= 500
+
+
+def classify(resp: Reply | requests.Response, method: str | None = None) -> tuple[str, str]:
+    """(kind, server message) of a final response; with ``method``, a 2xx must carry the API's evidence."""
     status = resp.status_code
     if 200 <= status < 300:
+        if method is not None:
+            missing = write_evidence(resp, method)
+            if missing is not None:
+                return "transient", missing
         return "ok", ""
     message = server_message(resp)  # type: ignore[arg-type]
+    if transient_status(status):
+        return "transient", message
     if status == 404:
         return "not_found", message
     if status == 409:
@@ -238,6 +278,8 @@ class Sender:
         self._deferred_rows = 0
         self._handled: set[tuple[str, str]] = set()
         self._failures_logged: dict[str, int] = {}
+        self._waiting: set[tuple[str, str]] = set()  # (stream, source key) kept in the spool after transient outcomes
+        self._held_keys: set[tuple[str, str]] = set()  # (resource, key hash) of upserts kept in the spool
 
     # -- driving -------------------------------------------------------------------------------------
     def apply(self, activations: dict[str, int] | None = None) -> None:
@@ -271,8 +313,11 @@ class Sender:
                 if todo:
                     self._delete_group(todo)
             leftovers = {p: k for p, k in self.log.pending(self.target).items() if k}
+            waiting = self.results.waiting_by_resource()
             for path, kinds in leftovers.items():  # a resource outside the order (should not happen)
-                logger.error("%s: %s spooled rows were not applied (resource not in the send order)", path, kinds)
+                if sum(kinds.values()) > waiting.get(path, 0):
+                    logger.error("%s: %s spooled rows were not applied (resource not in the send order, or "
+                                 "waiting after transient failures: %d)", path, kinds, waiting.get(path, 0))
             ok = True
         finally:
             for outcome in self._workers.stop(abort=not ok):  # what finished is kept; what did not start stays
@@ -339,6 +384,8 @@ class Sender:
             return
         if (row.stream, row.source_key) in self._handled:
             return  # sent as a key change in this pass
+        if (row.stream, row.source_key) in self._waiting:
+            return  # a transient outcome in this run: it waits in the spool for the next run
         if row.payload is None:  # not expected: the query leaves out payloads of unchanged rows only
             row.payload = self.log.spooled_payload(self.target, row.stream, row.source_key)
             if row.payload is None:
@@ -516,37 +563,64 @@ class Sender:
             if op.action == "post":
                 return self._post(op, url)
             if op.action == "put":
-                resp = self.http.request("PUT", f"{url}/{op.edfi_id}", data=op.body, headers=JSON_HEADERS)
-                kind, message = classify(resp)
+                resp, tries = self._write("PUT", f"{url}/{op.edfi_id}", op.body)
+                kind, message = classify(resp, "PUT")
                 if kind in ("not_found", "conflict", "key_change_not_supported"):
                     # gone, or the new key is taken, or the API refuses key changes: post the new key
                     # (and delete the old item afterwards if it still exists)
                     outcome = self._post(op, url)
-                    outcome.requests += 1
+                    outcome.requests += tries
                     return outcome
-                return Outcome(op, "put", resp.status_code, kind, op.edfi_id if kind == "ok" else None, message)
+                return Outcome(op, "put", resp.status_code, kind, op.edfi_id if kind == "ok" else None, message,
+                               requests=tries)
             if op.action == "delete":
-                resp = self.http.request("DELETE", f"{url}/{op.edfi_id}")
-                kind, message = classify(resp)
-                return Outcome(op, "delete", resp.status_code, kind, op.edfi_id, message)
+                resp, tries = self._write("DELETE", f"{url}/{op.edfi_id}", None)
+                kind, message = classify(resp, "DELETE")
+                return Outcome(op, "delete", resp.status_code, kind, op.edfi_id, message, requests=tries)
             if op.action == "lookup_delete":
                 assert op.natural_key is not None
                 edfi_id = self._find(op.resource, op.natural_key)
                 if edfi_id is None:
                     return Outcome(op, "lookup", 404, "not_found", None, "not found by natural key")
-                resp = self.http.request("DELETE", f"{url}/{edfi_id}")
-                kind, message = classify(resp)
-                return Outcome(op, "delete", resp.status_code, kind, edfi_id, message, requests=2)
+                resp, tries = self._write("DELETE", f"{url}/{edfi_id}", None)
+                kind, message = classify(resp, "DELETE")
+                return Outcome(op, "delete", resp.status_code, kind, edfi_id, message, requests=1 + tries)
             raise ValueError(op.action)
         except EdFiHTTPError as exc:
-            return Outcome(op, op.action, exc.status, "failed", None,
+            kind = "transient" if transient_status(exc.status) or 200 <= (exc.status or 0) < 300 else "failed"
+            return Outcome(op, op.action, exc.status, kind, None,
                            f"{exc.server_message or 'no response'} (after {exc.tries} tries)")
+        except AuthError:
+            raise  # the credentials stopped working: the run stops, the spool keeps everything
+        except Exception as exc:  # anything else is this record's problem: it fails, named, and the run goes on
+            logger.debug("%s %s failed", op.action, op.resource.path, exc_info=True)
+            return Outcome(op, op.action, None, "failed", None, f"{type(exc).__name__}: {str(exc)[:300]}")
+
+    def _write(self, method: str, url: str, body: bytes | None) -> tuple[Reply, int]:
+        """Send a write (the transport retries 429, 5xx, timeouts and drops); a 2xx that is not the API's answer
+        (:func:`write_evidence`) is sent again, up to ``max_tries`` in all. The last answer and the tries made."""
+        tries = max(1, int(self.client.max_tries))
+        headers = JSON_HEADERS if body is not None else None
+        resp = self.http.request(method, url, data=body, headers=headers)
+        for attempt in range(1, tries):
+            if not 200 <= resp.status_code < 300:
+                return resp, attempt
+            missing = write_evidence(resp, method)
+            if missing is None:
+                return resp, attempt
+            delay = min(float(self.client.backoff_max), float(self.client.backoff_factor) * (2 ** (attempt - 1)))
+            wait = delay / 2 + random.uniform(0, delay / 2)
+            logger.warning("%s %s: %s; retry %d/%d in %.1fs", method, url, missing, attempt, tries - 1, wait)
+            time.sleep(wait)
+            resp = self.http.request(method, url, data=body, headers=headers)
+        return resp, tries
 
     def _post(self, op: Op, url: str) -> Outcome:
-        resp = self.http.request("POST", url, data=op.body, headers=JSON_HEADERS)
-        kind, message = classify(resp)
+        resp, tries = self._write("POST", url, op.body)
+        kind, message = classify(resp, "POST")
         edfi_id = id_from_location(resp) if kind == "ok" else None
-        return Outcome(op, "post", resp.status_code, kind, edfi_id, message, created=resp.status_code == 201)
+        return Outcome(op, "post", resp.status_code, kind, edfi_id, message, created=resp.status_code == 201,
+                       requests=tries)
 
     def _find(self, res: Resource, natural_key: dict[str, Any]) -> str | None:
         """The Ed-Fi id of an item, found by its natural key (a GET with the key as query parameters)."""
@@ -559,6 +633,11 @@ class Sender:
         if not resp.ok:
             raise EdFiHTTPError("GET", self.client.data_url(res.path), resp.status_code,
                                 server_message(resp))  # type: ignore[arg-type]
+        content_type = (resp.headers.get("Content-Type") or "").lower()
+        if resp.content and "json" not in content_type:
+            raise EdFiHTTPError("GET", self.client.data_url(res.path), None,
+                                f"HTTP {resp.status_code} {content_type.split(';')[0] or 'without a content type'}, "
+                                "not the API's answer")
         items = orjson.loads(resp.content or b"[]")
         for item in items if isinstance(items, list) else []:
             if isinstance(item, dict) and key_hash(res.natural_key(item)) == key_hash(natural_key):
@@ -579,6 +658,9 @@ class Sender:
 
     def _settle_write(self, out: Outcome) -> None:
         op, row, res = out.op, out.op.row, out.op.resource
+        if out.kind == "transient":
+            self._hold(res, row, out)
+            return
         if out.kind == "unresolved":
             self.results.add(res.path, "deferred")
             self._pending.bumps.append((self.target, row.stream, row.source_key))
@@ -618,6 +700,9 @@ class Sender:
         khash = logged.key_hash if logged is not None else (row.key_hash or "")
         nkey = logged.natural_key if logged is not None else (row.natural_key or "{}")
         now = self.log.now()
+        if out.kind == "transient":
+            self._hold(res, row, out, deleting=True)
+            return
         if out.kind in ("ok", "not_found"):
             gone = out.kind == "not_found"
             self.results.add(res.path, "already_deleted" if gone else "deleted")
@@ -631,9 +716,40 @@ class Sender:
         message = f"still referenced: {out.message}" if out.kind == "dependent" else out.message
         self._fail(res, row, out.status, message, khash or None, nkey, attempts=out.requests, deleting=True)
 
+    def _hold(self, res: Resource, row: WorkRow, out: Outcome, deleting: bool = False) -> None:
+        """A transient outcome (no answer, 429, 5xx, a 2xx that is not the API's, after every try) says nothing
+        about the record: it stays in the spool, is not tried again in this run, and the next run sends it."""
+        self._waiting.add((row.stream, row.source_key))
+        if row.key_hash and not deleting:
+            self._held_keys.add((res.path, row.key_hash))
+        status = out.status if out.status is not None else "no response"
+        self.results.wait(res.path, status, _group_message(out.message))
+        logged = self._failures_logged[res.path] = self._failures_logged.get(res.path, 0) + 1
+        if logged <= LOG_FAILURES:
+            logger.warning("%s %s (stream %s, source key %s): %s %s: kept in the spool for the next run",
+                           "delete of" if deleting else "upsert of", res.path, row.stream, row.source_key, status,
+                           out.message)
+
+    def _references_held(self, res: Resource, row: WorkRow) -> bool:
+        """Whether a record references an item whose upsert waits in the spool after a transient outcome."""
+        payload = row.payload or self.log.spooled_payload(self.target, row.stream, row.source_key)
+        if payload is None:
+            return False
+        for _prop, options in reference_keys(self.model, res, orjson.loads(payload)):
+            if any((target.path, key_hash(values)) in self._held_keys for target, values in options):
+                return True
+        return False
+
     def _fail(self, res: Resource, row: WorkRow, status: int | str | None, message: str, khash: str | None,
               natural_key: str | None, attempts: int = 0, deleting: bool = False, group: str | None = None) -> None:
         """A record that did not land: counted (grouped by status and ``group`` message), logged, kept in the log."""
+        if (row.stream, row.source_key) in self._waiting:
+            return  # waits in the spool after a transient outcome: not a verdict
+        if status == 409 and self._held_keys and not deleting and self._references_held(res, row):
+            # its parent waits in the spool after a transient outcome: so does it (the next run sends both)
+            self._waiting.add((row.stream, row.source_key))
+            self.results.wait(res.path, "waiting", "an item it references waits in the spool")
+            return
         example = orjson.loads(natural_key) if natural_key else {"source_key": row.source_key}
         self.results.fail(res.path, status, _group_message(group or message), example)
         logged = self._failures_logged[res.path] = self._failures_logged.get(res.path, 0) + 1
@@ -891,4 +1007,5 @@ def _group_message(message: str) -> str:
     return message[:300]
 
 
-__all__ = ["Op", "Outcome", "Sender", "Workers", "classify", "computed_order", "send_order"]
+__all__ = ["Op", "Outcome", "Sender", "Workers", "classify", "computed_order", "send_order", "transient_status",
+           "write_evidence"]

@@ -388,6 +388,8 @@ class TargetEdFi(Target):
         limit = int(self.settings["max_failures"])
         if status == "done" and limit >= 0 and failed > limit:
             status = "failed_records"
+        elif status == "done" and self.results.waiting:
+            status = "waiting"
         self.results.finish(status)
         self.results.log()
         path = self.settings.get("results_file")
@@ -404,10 +406,20 @@ class TargetEdFi(Target):
     def _check_threshold(self) -> None:
         failed = self.results.failed
         limit = int(self.settings["max_failures"])
+        waiting = self.results.waiting
+        if waiting:
+            reasons = ", ".join(f"{n} after {status} {message}" for (status, message), n in
+                                self.results.waiting_reasons().most_common(5))
+            logger.error("%d records wait in the spool of the transaction log after transient failures (%s): they "
+                         "are not lost; the next run sends them, also when it gets no input", waiting, reasons)
         if limit >= 0 and failed > limit:
             logger.error("%d records failed (max_failures is %d): exiting with status 1", failed, limit)
             self.exit_code = 1
             sys.exit(1)
+        if waiting:
+            logger.error("exiting with status 3: %d records wait in the spool", waiting)
+            self.exit_code = 3
+            sys.exit(3)
 
     def _handle_termination(self, signum: int, frame: Any) -> None:  # pragma: no cover - signals
         logger.warning("received signal %d: stopping; what was spooled stays in the transaction log", signum)

@@ -6,12 +6,16 @@ hostile intermediaries are the loopback proxies of :mod:`tests.proxies`."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
+
+import sqlite3
 
 import orjson
 import pytest
 
-from tests.target_support import content, run_target, target_config
+from tests.proxies import FaultProxy
+from tests.target_support import content, diff_content, run_target, target_config
 from tests.test_target_bad_input import descriptor, enrollment, record, schema, school, student
 
 GRADE = "uri://ed-fi.org/GradeLevelDescriptor"
@@ -59,3 +63,87 @@ def test_a_poison_record_fails_alone_named_and_the_run_goes_on(make_sandbox: Any
     assert "stream 'students'" in message[0] and "input line 7" in message[0]
     assert '"studentUniqueId":"S9999"' in message[0] and "nested more than 64 levels" in message[0]
     assert "Lovelace" not in message[0]  # no student values but the key
+
+
+def through(proxy: FaultProxy, sb: Any, log: Path, **extra: Any) -> dict[str, Any]:
+    """A target config that reaches the sandbox through the proxy (its root payload then names the proxy)."""
+    root = urlsplit(sb.api_root)
+    return {**target_config(sb, log, **extra), "base_url": proxy.url + root.path}
+
+
+def spooled(log: Path) -> int:
+    with sqlite3.connect(log) as db:
+        return db.execute("SELECT COUNT(*) FROM spool").fetchone()[0]
+
+
+def logged_accepted(log: Path, resource: str) -> list[tuple]:
+    with sqlite3.connect(log) as db:
+        return db.execute("SELECT natural_key, edfi_id FROM transaction_log WHERE resource = ? AND status IN "
+                          "('created', 'updated')", (resource,)).fetchall()
+
+
+def reference_content(make_sandbox: Any, tmp_path: Path, messages: bytes) -> dict:
+    """What the sandbox holds after the same input sent without any intermediary."""
+    ref = make_sandbox("7.3")
+    run = run_target(target_config(ref, tmp_path / "ref.db"), messages)
+    assert run.exit_code == 0, run.results
+    return content(ref)
+
+
+# -- case 3: a 2xx that is not the API's answer -----------------------------------------------------------------
+def test_a_2xx_that_is_not_the_apis_answer_is_not_counted_as_written(make_sandbox: Any, tmp_path: Path) -> None:
+    """A proxy answers every enrollment POST with its ``200 text/html`` login page: no enrollment counts as written,
+    each is tried ``max_tries`` times, kept in the spool, and the next run (no input at all) writes them."""
+    sb = make_sandbox("7.3")
+    messages = b"".join(district(20)) + state({"pos": 20})
+    expected = reference_content(make_sandbox, tmp_path, messages)
+    log = tmp_path / "log.db"
+    with FaultProxy(sb.base_url, html=1.0, only=("/studentSchoolAssociations",)) as proxy:
+        config = through(proxy, sb, log, max_tries=3, max_backoff_seconds=0.05)
+        run = run_target(config, messages)
+        assert sb.store.count("/ed-fi/studentSchoolAssociations") == 0
+        assert proxy.faults["html"] == 20 * 3  # every try of every enrollment got the login page
+        assert run.exit_code == 3, run.results  # not 0: records wait
+        assert run.states == [{"pos": 20}]  # the spool is durable: STATE may be echoed
+        assert run.totals["created"] == 3 + 20 and run.totals["waiting"] == 20 and run.totals["failed_all"] == 0
+        assert run.totals["updated"] == 0
+        reasons = run.resource("/ed-fi/studentSchoolAssociations")["waiting_reasons"]
+        assert reasons == [{"status": "200", "message": "HTTP 200 text/html, not the API's answer", "count": 20}]
+        assert logged_accepted(log, "/ed-fi/studentSchoolAssociations") == []  # nothing logged as accepted
+        assert all(edfi_id for _, edfi_id in logged_accepted(log, "/ed-fi/students"))
+        assert spooled(log) == 20
+
+        proxy.set(html=0.0)
+        again = run_target(config, b"")  # no input: the spool is sent
+    assert again.exit_code == 0, again.results
+    assert again.totals["created"] == 20 and again.totals["waiting"] == 0
+    assert spooled(log) == 0
+    assert diff_content(expected, content(sb)) == []
+
+
+# -- case 4: exhausted retries are not a verdict ----------------------------------------------------------------
+def test_exhausted_retries_keep_records_in_the_spool_and_the_next_run_sends_them(make_sandbox: Any,
+                                                                                  tmp_path: Path) -> None:
+    """A proxy that answers writes with HTML or 503, hangs after forwarding or drops the connection, with two tries
+    per request: records whose tries all failed wait in the spool (the run
+    exits 3 and says how many and why); a run with no input sends them; the API then equals the source."""
+    sb = make_sandbox("7.3")
+    messages = b"".join(district(60)) + state({"pos": 60})
+    expected = reference_content(make_sandbox, tmp_path, messages)
+    log = tmp_path / "log.db"
+    with FaultProxy(sb.base_url, html=0.15, hang=0.05, drop=0.1, busy=0.15, hang_seconds=1.5, seed=5) as proxy:
+        config = through(proxy, sb, log, max_tries=2, max_backoff_seconds=0.05, request_timeout=0.5, max_workers=8)
+        run = run_target(config, messages)
+        proxy.set(html=0.0, hang=0.0, drop=0.0, busy=0.0)
+        waiting = run.totals["waiting"]
+        assert waiting > 0 and all(proxy.faults[m] for m in ("html", "drop", "hang", "busy"))
+        assert run.exit_code == 3 and run.states == [{"pos": 60}]
+        assert spooled(log) == waiting and run.totals["failed_all"] == 0
+        counted = sum(run.totals[k] for k in ("created", "updated", "skipped_unchanged", "deferred", "waiting"))
+        assert counted >= run.totals["records"]
+        for natural_key, edfi_id in logged_accepted(log, "/ed-fi/studentSchoolAssociations"):  # logged = there
+            assert sb.store.get("/ed-fi/studentSchoolAssociations", edfi_id), natural_key
+        again = run_target(config, b"")
+    assert again.exit_code == 0, again.results
+    assert again.totals["waiting"] == 0 and spooled(log) == 0
+    assert diff_content(expected, content(sb)) == []
