@@ -256,9 +256,19 @@ class TargetEdFi(Target):
             self._start()
         super()._process_schema_message(message_dict)
 
+    def listen(self, file_input: IO[Any] | None = None) -> None:
+        """Check the API and the credentials before the first line of input is read, then read it."""
+        if "spooler" not in self.__dict__:
+            self._start()
+        super().listen(file_input)
+
     def _start(self) -> None:
-        """Connect, load the API's model and open the log (before the first sink, or at the end of empty input)."""
+        """Connect (the API root), get a token (the credentials), load the API's model and open the log: before the
+        first line of input is read, so that a wrong secret or a dead API fails in seconds, not after the whole
+        upstream extract."""
         try:
+            _ = self.client.urls
+            self.client.tokens.token()
             _ = self.spooler
         except Exception as exc:  # the API, its documents or the transaction log are not usable
             logger.debug("start-up failed", exc_info=True)

@@ -172,10 +172,11 @@ def test_refused_credentials_stop_the_run_and_the_next_run_sends_everything(make
     with caplog.at_level(logging.ERROR):
         run = run_target({**config, "client_secret": "wrong"}, data)
     assert run.exit_code == 2 and run.states == []  # no STATE: nothing was applied
-    assert "sending stopped" in caplog.text and "check client_id and client_secret" in caplog.text
+    # the credentials are checked before any input is read (tests/test_target_durable.py, case 9)
+    assert "cannot start" in caplog.text and "check client_id and client_secret" in caplog.text
     assert "wrong" not in caplog.text  # never a secret in a message
     assert sb.store.count("/ed-fi/students") == 0
-    run = run_target(config, b"")  # no input at all: what the spool kept is sent
+    run = run_target(config, data)  # the same input again, with the right secret: everything is sent
     assert run.exit_code == 0 and run.totals["created"] == 9
     assert sb.store.count("/ed-fi/studentSchoolAssociations") == 3
 

@@ -5,11 +5,11 @@ hostile intermediaries are the loopback proxies of :mod:`tests.proxies`."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from urllib.parse import urlsplit
-from typing import Any
-
+import json
 import sqlite3
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -147,3 +147,32 @@ def test_exhausted_retries_keep_records_in_the_spool_and_the_next_run_sends_them
     assert again.exit_code == 0, again.results
     assert again.totals["waiting"] == 0 and spooled(log) == 0
     assert diff_content(expected, content(sb)) == []
+
+
+# -- case 9: credentials and the API are checked before any input is read ---------------------------------------
+def test_a_wrong_secret_fails_in_seconds_before_any_input_is_read(make_sandbox: Any, tmp_path: Path) -> None:
+    """The upstream tap is still extracting (stdin open, nothing written yet): a wrong secret must not wait for it."""
+    import subprocess
+    import time
+
+    from tests.target_support import TARGET
+
+    sb = make_sandbox("7.3")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**target_config(sb, tmp_path / "log.db"), "client_secret": "not-the-secret-42"}))
+    started = time.monotonic()
+    proc = subprocess.Popen([TARGET, "--config", str(config)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=60)  # stdin stays open and empty: an extract that has not finished
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2 and out == b""
+    assert elapsed < 30
+    errors = [line for line in err.decode().splitlines() if "cannot start" in line]
+    assert len(errors) == 1 and "client_secret" in errors[0] and "401" in errors[0]
+    assert "not-the-secret-42" not in err.decode()
+    assert not (tmp_path / "log.db").exists() or spooled(tmp_path / "log.db") == 0
