@@ -64,12 +64,14 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property("spec_files", th.ArrayType(th.StringType),
                 description="Local OpenAPI/Swagger documents (resources, descriptors, extensions) describing the "
                             "API, instead of its /metadata."),
-    th.Property("transaction_log", th.StringType, default=DEFAULT_LOG,
+    th.Property("transaction_log", th.StringType, default=DEFAULT_LOG, secret=True,
                 description="Where the transaction log (and the spool of records not yet sent) lives: a SQLite "
                             "file path, or a `postgresql://user:password@host:port/database` URL for teams that "
                             "run many loaders. One row per target API, resource and natural key; see the README."),
     th.Property("transaction_log_schema", th.StringType, default="target_edfi",
-                description="PostgreSQL only: the schema of the transaction log's tables."),
+                pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+                description="PostgreSQL only: the schema of the transaction log's tables (a plain identifier: "
+                            "letters, digits and `_`)."),
     th.Property("resource_map", th.ObjectType(additional_properties=th.StringType),
                 description="Stream name -> Ed-Fi resource (`ed-fi/students`, `tpdm/candidates`), for streams "
                             "whose names do not say it. Other streams map by name: `studentSchoolAssociations`, "

@@ -28,6 +28,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -107,6 +108,28 @@ def _log_row(values: Sequence[Any]) -> LogRow | None:
         return None
     return LogRow(values[0], values[1], values[2], values[3], values[4], bool(values[5]), values[6], values[7],
                   values[8], values[9])
+
+
+#: what ``transaction_log_schema`` may be: a plain PostgreSQL identifier
+SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def check_schema_name(schema: str) -> None:
+    if not isinstance(schema, str) or not SCHEMA_NAME.match(schema):
+        raise ValueError(f"transaction_log_schema {schema!r} is not a plain PostgreSQL schema name (letters, digits "
+                         "and _, not starting with a digit, at most 63 characters)")
+
+
+def safe_location(url: str) -> str:
+    """Host, port and database of a PostgreSQL URL, without user, password or other parameters."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        parts = conninfo_to_dict(url)
+    except Exception:  # a URL psycopg cannot read: say nothing of it but its scheme
+        return "postgresql://(unreadable URL)"
+    host, port, db = parts.get("host") or "localhost", parts.get("port") or "5432", parts.get("dbname") or ""
+    return f"postgresql://{host}:{port}/{db}"
 
 
 def lock_number(target: str) -> int:
@@ -460,13 +483,17 @@ class PostgresLog(TransactionLog):
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise RuntimeError("a postgresql:// transaction_log needs psycopg: pip install 'psycopg[binary]'") \
                 from exc
+        from psycopg import sql
+
+        check_schema_name(schema)
         self.schema = schema
         self.conn = psycopg.connect(url, autocommit=False)
-        self.prefix = f'"{schema}".'
-        safe = url.split("@")[-1]
-        self.description = f"PostgreSQL transaction log {safe} schema {schema}"
-        self.conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        self.conn.commit()
+        self.prefix = sql.Identifier(schema).as_string(self.conn) + "."
+        self.description = f"PostgreSQL transaction log {safe_location(url)} schema {schema}"
+        # first use by several loaders at once: the DDL runs under a transaction-level advisory lock (released
+        # by the commit at the end of create_tables), so one creates and the others find the tables there
+        self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_number(f"target-edfi DDL {schema}"),))
+        self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         self.create_tables()
         self._locked: int | None = None
 
