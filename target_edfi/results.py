@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 #: Counters of one resource, in the order they are reported.
 COUNTERS = ("records", "requests", "created", "updated", "key_changes", "deleted", "already_deleted",
-            "superseded", "skipped_unchanged", "deferred", "failed", "waiting")
+            "superseded", "skipped_unchanged", "deferred", "failed", "waiting", "retried_failed")
 EXAMPLES = 3
 MAX_GROUPS = 50  # failure groups per resource; more distinct messages are counted as "other messages"
 #: bad input that counts as failed records (a line that is not JSON most likely was one)

@@ -224,6 +224,7 @@ class _Pending:
     unspool: list[tuple[str, str, str]] = field(default_factory=list)
     bumps: list[tuple[str, str, str]] = field(default_factory=list)
     spool: list[tuple] = field(default_factory=list)
+    dead: list[tuple] = field(default_factory=list)  # failures: their spool rows are copied to the dead letters
 
     def __len__(self) -> int:
         return len(self.log) + len(self.unspool) + len(self.bumps) + len(self.touches)
@@ -247,6 +248,7 @@ class Sender:
         validate: bool = True,
         shapers: Callable[[Resource], Shaper] | None = None,
         progress_interval: float = 15.0,
+        retry_failed: bool = False,
     ) -> None:
         self.client = client
         self.model = model
@@ -280,9 +282,13 @@ class Sender:
         self._failures_logged: dict[str, int] = {}
         self._waiting: set[tuple[str, str]] = set()  # (stream, source key) kept in the spool after transient outcomes
         self._held_keys: set[tuple[str, str]] = set()  # (resource, key hash) of upserts kept in the spool
+        self.retry_failed = retry_failed
+        self._dead: set[tuple[str, str]] = set()  # (stream, source key) of the target's dead letters
+        self._present: dict[tuple[str, str], bool] = {}
 
     # -- driving -------------------------------------------------------------------------------------
     def apply(self, activations: dict[str, int] | None = None) -> None:
+        self._revive()
         pending = self.log.pending(self.target)
         self._total = sum(sum(kinds.values()) for kinds in pending.values())
         if not self._total and not activations:
@@ -325,6 +331,75 @@ class Sender:
             self.http.close()
             self._flush()
             self._log_progress(force=True)
+
+    # -- dead letters ---------------------------------------------------------------------------------------
+    def _revive(self) -> None:
+        """Rejected records of earlier runs go back into the spool: all of them with ``retry_failed``, else those
+        that waited for something (a referenced item, a descriptor value) that has been written since or is
+        spooled now. A newer record of the same source item, spooled already, wins."""
+        self._dead = self.log.failed_keys(self.target)
+        if not self._dead:
+            return
+        if self.retry_failed:
+            keys = sorted(self._dead)
+        else:
+            keys = [(stream, key) for stream, key, depends in self.log.failed_depends(self.target)
+                    if self._written(depends)]
+        if not keys:
+            return
+        first = self._next_seq + 1
+        self._next_seq += len(keys) + 1
+        revived = self.log.revive(self.target, keys, first, self.log.now())
+        self.log.commit()
+        if not revived:
+            return
+        by_resource = self.log.execute("SELECT resource, COUNT(*) FROM {p}spool WHERE target = ? AND seq >= ? "
+                                       "AND seq < ? GROUP BY resource", (self.target, first, self._next_seq)).fetchall()
+        for resource, n in by_resource:
+            self.results.add(resource, "retried_failed", int(n))
+        logger.info("%d rejected records of earlier runs are sent again (%s)", revived,
+                    "retry_failed" if self.retry_failed else "what they reference was written since")
+
+    def _written(self, depends: str) -> bool:
+        """Whether every item a dead letter waited for (``resource<TAB>key hash``, alternatives joined by ``|``,
+        one per line) is in the target now (the log) or about to be (the spool)."""
+        for line in depends.split("\n"):
+            options = [part.split("\t", 1) for part in line.split("|") if "\t" in part]
+            found = False
+            for path, khash in options:
+                key = (path, khash)
+                if key not in self._present:
+                    self._present[key] = (self.log.is_live(self.target, path, khash)
+                                          or self.log.spooled_upsert(self.target, path, khash))
+                if self._present[key]:
+                    found = True
+                    break
+            if not found:
+                return False
+        return True
+
+    def _depends(self, res: Resource, row: WorkRow, status: int | str | None) -> str | None:
+        """What a rejected record waits for: the references the target does not have (409), the descriptor values
+        it does not know (invalid); ``None`` when it waits for nothing that can be written."""
+        lines: list[str] = []
+        try:
+            if status == 409 and row.kind == UPSERT:
+                payload = row.payload or self.log.spooled_payload(self.target, row.stream, row.source_key)
+                for _prop, options in reference_keys(self.model, res, orjson.loads(payload or b"{}")):
+                    alts = [(target.path, key_hash(values)) for target, values in options]
+                    if not any(self.log.is_live(self.target, path, khash) for path, khash in alts):
+                        lines.append("|".join(f"{path}\t{khash}" for path, khash in alts))
+            elif status == "invalid" and row.descriptors:
+                for entry in row.descriptors.split("\n"):
+                    field_path, _, value = entry.partition("\t")
+                    desc = self._descriptor_of(value, field_path)
+                    if desc is None or value in self._verified:
+                        continue
+                    namespace, _, code = value.partition("#")
+                    lines.append(f"{desc.path}\t{key_hash({'codeValue': code, 'namespace': namespace})}")
+        except (ValueError, TypeError):  # a payload that cannot be read: it waits for nothing in particular
+            return None
+        return "\n".join(lines) or None
 
     # -- concurrency -------------------------------------------------------------------------------------
     def _submit(self, op: Op) -> None:
@@ -765,6 +840,11 @@ class Sender:
                 status="invalid" if status == "invalid" else "failed",
                 http_status=status if isinstance(status, int) else None, message=message[:2000], attempts=attempts,
                 stream_version=row.version, sent=self.log.now() if attempts else None, deleted=None))
+        # the dead letter: the payload and why, kept until the source item lands (see _revive and --failed)
+        self._pending.dead.append((
+            "invalid" if status == "invalid" else "failed", status if isinstance(status, int) else None,
+            message[:2000], self._depends(res, row, status), self.run_id, self.log.now(), self.target, row.stream,
+            row.source_key))
         self._pending.unspool.append((self.target, row.stream, row.source_key))
 
     def _fail_deferred(self) -> None:
@@ -907,6 +987,15 @@ class Sender:
         log.release_source(pend.releases)
         log.upsert_log(pend.log)
         log.touch(pend.touches)
+        if pend.dead:
+            log.dead_letter(pend.dead)  # before the spool rows go
+        if self._dead:  # a source item that had a dead letter and has landed now: the dead letter goes
+            failed_now = {(d[7], d[8]) for d in pend.dead}
+            landed = [k for k in pend.unspool if (k[1], k[2]) in self._dead and (k[1], k[2]) not in failed_now]
+            if landed:
+                log.clear_failed(landed)
+                self._dead.difference_update((k[1], k[2]) for k in landed)
+        self._dead.update((d[7], d[8]) for d in pend.dead)
         log.unspool(pend.unspool)
         log.bump_passes(pend.bumps)
         log.spool(pend.spool)

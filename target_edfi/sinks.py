@@ -56,6 +56,7 @@ class Spooler:
         self.rows: list[tuple] = []
         self.failures: list[tuple] = []
         self.superseded: list[tuple[str, str, str]] = []
+        self.dead: list[tuple] = []  # dead letters of invalid records (FAILED_COLUMNS order)
         self.next_seq = log.max_seq(target) + 1
         self.spooled = 0
         self._last_log = time.monotonic()
@@ -69,25 +70,30 @@ class Spooler:
         if len(self.rows) >= self.batch_rows:
             self.flush()
 
-    def fail(self, row: tuple | None, spool_key: tuple[str, str, str] | None) -> None:
-        """A record that will not be sent: its log row (when it has a natural key) and the spool row it replaces."""
+    def fail(self, row: tuple | None, spool_key: tuple[str, str, str] | None, dead: tuple | None = None) -> None:
+        """A record that will not be sent: its log row (when it has a natural key), the spool row it replaces and
+        its dead letter (payload and reason)."""
         if row is not None:
             self.failures.append(row)
         if spool_key is not None:
             self.superseded.append(spool_key)
+        if dead is not None:
+            self.dead.append(dead)
         if len(self.failures) >= self.batch_rows or len(self.superseded) >= self.batch_rows:
             self.flush()
 
     def flush(self) -> None:
-        if not (self.rows or self.failures or self.superseded):
+        if not (self.rows or self.failures or self.superseded or self.dead):
             return
         if self.superseded:
             self.log.unspool(self.superseded)
         self.log.spool(self.rows)
         self.log.upsert_log(self.failures)
+        if self.dead:
+            self.log.dead_letter_rows(self.dead)
         self.log.commit()
         self.spooled += len(self.rows)
-        self.rows, self.failures, self.superseded = [], [], []
+        self.rows, self.failures, self.superseded, self.dead = [], [], [], []
         now = time.monotonic()
         if now - self._last_log >= 15:
             self._last_log = now
@@ -238,7 +244,18 @@ class EdFiSink(Sink):
             row = (spooler.target, path, shaped.key_hash, shaped.key_text, None, None, None, None, False,
                    "invalid", None, message[:2000], 0, version, spooler.run_id, None, None, None,
                    self.target.log.now())
-        spooler.fail(row, (spooler.target, self.stream_name, source_key) if source_key else None)
+        dead = None
+        if source_key and not deleting and not note:  # a record the API may judge: kept with its payload
+            try:
+                body, body_hash = shaped.body(), shaped.body_hash()
+            except TypeError:  # not JSON-encodable (too deep): nothing to resend
+                body = body_hash = None
+            if body is not None:
+                dead = (spooler.target, self.stream_name, source_key, UPSERT, path, self.route.base_stream,
+                        source_key, shaped.key_hash, shaped.key_text, body_hash, body,
+                        shaped.descriptor_text(), version, "invalid", None, message[:2000], None, 1, spooler.run_id,
+                        self.target.log.now())
+        spooler.fail(row, (spooler.target, self.stream_name, source_key) if source_key else None, dead)
 
 
 def _group(message: str) -> str:

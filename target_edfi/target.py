@@ -14,6 +14,7 @@ still processed.
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import sys
 import time
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import IO, Any
 
+import click
 import orjson
 import requests
 from singer_sdk import Target
@@ -90,6 +92,11 @@ CONFIG_SCHEMA = th.PropertiesList(
                             "a time; lower it for a small API."),
     th.Property("deferred_passes", th.IntegerType(minimum=1), default=3,
                 description="Passes over records that got 409 (unresolved reference) before they are reported."),
+    th.Property("retry_failed", th.BooleanType, default=False,
+                description="Send every record the API rejected in earlier runs (the dead letters: see `--failed`) "
+                            "again. Without it, a rejected record is sent again only when something it waits for "
+                            "(a referenced item, a descriptor value) has been written since, or when a newer record "
+                            "of the same source item arrives."),
     th.Property("max_failures", th.IntegerType(minimum=-1), default=0,
                 description="The run exits non-zero when more records than this failed (invalid, rejected by the "
                             "API, unmapped stream, unreadable input). -1: never."),
@@ -185,10 +192,65 @@ class TargetEdFi(Target):
         self._shapers: dict[str, Shaper] = {}
         self._plain_maps = not self.config.get("stream_maps")
         self._log: TransactionLog | None = None
+        self._resend_failed = False
         self.exit_code = 0
         reader = self.message_reader
         if isinstance(reader, TolerantReader):
             reader.on_bad_line = self._bad_line
+
+    # -- the dead letters from the command line -------------------------------------------------------------
+    @classmethod
+    def get_singer_command(cls) -> click.Command:
+        command = super().get_singer_command()
+        command.params.extend([
+            click.Option(["--failed", "list_failed"], is_flag=True, default=False,
+                         help="List the records the API rejected (the dead letters of the transaction log) and exit: "
+                              "one JSON line each with resource, stream, key, status and message."),
+            click.Option(["--resend-failed", "resend_failed"], is_flag=True, default=False,
+                         help="Send every dead letter again, without reading any input."),
+        ])
+        return command
+
+    @classmethod
+    def invoke(cls, *, about: bool = False, about_format: str | None = None, config: Any = None,
+               file_input: IO[str] | None = None, list_failed: bool = False,
+               resend_failed: bool = False) -> None:
+        if not (list_failed or resend_failed) or about:
+            super().invoke(about=about, about_format=about_format, config=config, file_input=file_input)
+            return
+        from singer_sdk.plugin_base import _ConfigInput
+
+        config = config or _ConfigInput()
+        target = cls(config=config.config, validate_config=True, parse_env_config=config.parse_env)
+        if list_failed:
+            sys.exit(target.print_failed())
+        target._resend_failed = True
+        target.listen(io.BytesIO(b""))
+
+    def print_failed(self) -> int:
+        """The dead letters of this target, one JSON line each on stdout (no values but the natural key)."""
+        try:
+            log = open_log(str(self.settings["transaction_log"]), str(self.settings["transaction_log_schema"]))
+        except Exception as exc:
+            logger.error("cannot open the transaction log: %s", exc if isinstance(exc, FATAL) else type(exc).__name__)
+            return 2
+        try:
+            target = self.target_id
+            rows = log.list_failed(target)
+        finally:
+            log.close()
+        out = sys.stdout
+        for resource, stream, source_key, natural_key, status, http_status, message, tries, failed_at in rows:
+            out.write(orjson.dumps({
+                "resource": resource, "stream": stream,
+                "key": orjson.loads(natural_key) if natural_key else orjson.loads(source_key),
+                "status": http_status if http_status is not None else status, "message": _without_values(message),
+                "tries": tries, "failed_at": str(failed_at),
+            }).decode() + "\n")
+        out.flush()
+        logger.info("%d rejected records for %s in the transaction log (send them again with --resend-failed, or "
+                    "set retry_failed)", len(rows), target)
+        return 0
 
     @classmethod
     def append_builtin_config(cls, config_jsonschema: dict) -> None:
@@ -364,6 +426,7 @@ class TargetEdFi(Target):
                 max_workers=int(self.settings["max_workers"]), deferred_passes=int(self.settings["deferred_passes"]),
                 validate=bool(self.settings["validate"]), shapers=self.shaper,
                 progress_interval=float(self.settings["progress_interval"]),
+                retry_failed=bool(self.settings["retry_failed"]) or self._resend_failed,
             )
             try:
                 sender.apply(self._valid_activations())
@@ -436,6 +499,14 @@ class TargetEdFi(Target):
     def _handle_termination(self, signum: int, frame: Any) -> None:  # pragma: no cover - signals
         logger.warning("received signal %d: stopping; what was spooled stays in the transaction log", signum)
         sys.exit(128 + signum)
+
+
+def _without_values(message: str | None) -> str:
+    """A rejection message without the values it quotes (``'31/12/2010' is not a date`` -> ``'…' is not a
+    date``): natural keys are named by the listing itself."""
+    import re
+
+    return re.sub(r"'[^']*'", "'…'", message or "")
 
 
 __all__ = ["CONFIG_SCHEMA", "TargetEdFi"]

@@ -50,6 +50,12 @@ SPOOL_COLUMNS = (
     "target", "stream", "source_key", "seq", "kind", "resource", "source_stream", "item_key", "key_hash",
     "natural_key", "payload_hash", "payload", "descriptors", "version", "passes", "received_at",
 )
+#: dead letters: the spool columns of a rejected record (no seq, passes, received_at), and why it was rejected
+FAILED_COLUMNS = (
+    "target", "stream", "source_key", "kind", "resource", "source_stream", "item_key", "key_hash", "natural_key",
+    "payload_hash", "payload", "descriptors", "version", "status", "http_status", "message", "depends", "tries",
+    "run_id", "failed_at",
+)
 
 
 @dataclass
@@ -233,6 +239,28 @@ class TransactionLog:
                 received_at {t},
                 PRIMARY KEY (target, stream, source_key))""",
             "CREATE INDEX IF NOT EXISTS {p}ix_spool_work ON {p}spool (target, resource, kind, seq)",
+            f"""CREATE TABLE IF NOT EXISTS {{p}}failed (
+                target TEXT NOT NULL,
+                stream TEXT NOT NULL,
+                source_key TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                resource TEXT NOT NULL,
+                source_stream TEXT NOT NULL,
+                item_key TEXT NOT NULL,
+                key_hash TEXT,
+                natural_key TEXT,
+                payload_hash TEXT,
+                payload {b},
+                descriptors TEXT,
+                version BIGINT,
+                status TEXT NOT NULL,
+                http_status INTEGER,
+                message TEXT,
+                depends TEXT,
+                tries INTEGER NOT NULL DEFAULT 1,
+                run_id TEXT,
+                failed_at {t},
+                PRIMARY KEY (target, stream, source_key))""",
             f"""CREATE TABLE IF NOT EXISTS {{p}}runs (
                 run_id TEXT PRIMARY KEY,
                 target TEXT,
@@ -345,6 +373,67 @@ class TransactionLog:
         """Whether any log row of the resource has a source key (else no key change can be detected)."""
         row = self.execute("SELECT 1 FROM {p}transaction_log WHERE target = ? AND resource = ? "
                            "AND source_key IS NOT NULL AND NOT deleted LIMIT 1", (target, resource)).fetchone()
+        return row is not None
+
+    # -- dead letters: the last rejected payload of every source item, with its reason ----------------------------
+    _FAILED_UPDATE = (" ON CONFLICT (target, stream, source_key) DO UPDATE SET "
+                      + ", ".join(f"{c} = excluded.{c}" for c in FAILED_COLUMNS[3:] if c != "tries")
+                      + ", tries = f.tries + 1")
+
+    def dead_letter(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Copy spool rows to ``failed`` before they leave the spool: (status, http_status, message, depends,
+        run_id, failed_at, target, stream, source_key) each."""
+        copied = ", ".join(SPOOL_COLUMNS[:3] + SPOOL_COLUMNS[4:14])
+        self.executemany(
+            "INSERT INTO {p}failed AS f (" + ", ".join(FAILED_COLUMNS) + ") SELECT " + copied
+            + ", ?, ?, ?, ?, 1, ?, ? FROM {p}spool WHERE target = ? AND stream = ? AND source_key = ?"
+            + self._FAILED_UPDATE, rows)
+
+    def dead_letter_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Records that never reached the spool (invalid): tuples in ``FAILED_COLUMNS`` order."""
+        self.executemany("INSERT INTO {p}failed AS f (" + ", ".join(FAILED_COLUMNS) + ") VALUES ("
+                         + ", ".join("?" * len(FAILED_COLUMNS)) + ")" + self._FAILED_UPDATE, rows)
+
+    def clear_failed(self, keys: Iterable[tuple[str, str, str]]) -> None:
+        """Forget dead letters by (target, stream, source key): the source item landed since."""
+        self.executemany("DELETE FROM {p}failed WHERE target = ? AND stream = ? AND source_key = ?", keys)
+
+    def failed_keys(self, target: str) -> set[tuple[str, str]]:
+        return {(r[0], r[1]) for r in self.execute("SELECT stream, source_key FROM {p}failed WHERE target = ?",
+                                                   (target,))}
+
+    def failed_depends(self, target: str) -> list[tuple[str, str, str]]:
+        """(stream, source key, depends) of dead letters that wait for something to be written."""
+        return [tuple(r) for r in self.execute("SELECT stream, source_key, depends FROM {p}failed WHERE target = ? "
+                                               "AND depends IS NOT NULL", (target,))]
+
+    def list_failed(self, target: str) -> list[tuple[Any, ...]]:
+        """(resource, stream, source_key, natural_key, status, http_status, message, tries, failed_at)."""
+        return [tuple(r) for r in self.execute(
+            "SELECT resource, stream, source_key, natural_key, status, http_status, message, tries, failed_at "
+            "FROM {p}failed WHERE target = ? ORDER BY resource, failed_at, stream, source_key", (target,))]
+
+    def revive(self, target: str, keys: Sequence[tuple[str, str]] | None, first_seq: int, received_at: Any) -> int:
+        """Put dead letters back into the spool (all of the target's, or those of ``keys``: (stream, source key)),
+        unless a newer record of the same source item is spooled. Their spool rows get sequence numbers from
+        ``first_seq`` on. How many were spooled."""
+        if keys is None:
+            keys = [(r[0], r[1]) for r in self.execute(
+                "SELECT stream, source_key FROM {p}failed WHERE target = ? ORDER BY failed_at", (target,))]
+        copied = ", ".join(SPOOL_COLUMNS[:3]) + ", ?, " + ", ".join(SPOOL_COLUMNS[4:14])
+        before = self.execute("SELECT COUNT(*) FROM {p}spool WHERE target = ?", (target,)).fetchone()[0]
+        self.executemany(
+            "INSERT INTO {p}spool (" + ", ".join(SPOOL_COLUMNS) + ") SELECT " + copied
+            + ", 0, ? FROM {p}failed WHERE target = ? AND stream = ? AND source_key = ? "
+            "ON CONFLICT (target, stream, source_key) DO NOTHING",
+            [(first_seq + i, received_at, target, stream, key) for i, (stream, key) in enumerate(keys)])
+        after = self.execute("SELECT COUNT(*) FROM {p}spool WHERE target = ?", (target,)).fetchone()[0]
+        return int(after) - int(before)
+
+    def spooled_upsert(self, target: str, resource: str, key_hash: str) -> bool:
+        """Whether an upsert of this natural key waits in the spool."""
+        row = self.execute("SELECT 1 FROM {p}spool WHERE target = ? AND resource = ? AND key_hash = ? "
+                           "AND kind = 'upsert' LIMIT 1", (target, resource, key_hash)).fetchone()
         return row is not None
 
     # -- the log -------------------------------------------------------------------------------------------
@@ -544,6 +633,7 @@ def open_log(location: str, schema: str = "target_edfi") -> TransactionLog:
 
 __all__ = [
     "DELETE",
+    "FAILED_COLUMNS",
     "KEY_CHANGE",
     "LOG_COLUMNS",
     "SPOOL_COLUMNS",

@@ -176,3 +176,70 @@ def test_a_wrong_secret_fails_in_seconds_before_any_input_is_read(make_sandbox: 
     assert len(errors) == 1 and "client_secret" in errors[0] and "401" in errors[0]
     assert "not-the-secret-42" not in err.decode()
     assert not (tmp_path / "log.db").exists() or spooled(tmp_path / "log.db") == 0
+
+
+# -- case 5: rejected records are kept (dead letters) -----------------------------------------------------------
+def failed_listing(config: dict[str, Any], tmp_path: Path) -> list[dict[str, Any]]:
+    import subprocess
+
+    from tests.target_support import TARGET
+
+    cfg = tmp_path / "dead-config.json"
+    cfg.write_text(json.dumps(config))
+    proc = subprocess.run([TARGET, "--config", str(cfg), "--failed"], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def test_rejected_records_are_kept_retried_when_their_parent_arrives_and_resent_on_demand(
+        make_sandbox: Any, api_for: Any, tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.target_support import TARGET
+
+    sb = make_sandbox("7.3")
+    config = target_config(sb, tmp_path / "log.db")
+    first = [
+        *district(3),
+        record("studentSchoolAssociations", enrollment("GHOST")),  # its student comes in the next run: 409
+        record("studentSchoolAssociations", enrollment("LATE")),  # its student is made by someone else: 409
+        record("studentSchoolAssociations", {**enrollment("S0001"), "entryDate": "2024-09-01",  # unknown value
+                                             "entryGradeLevelDescriptor": f"{GRADE}#Tenth grade"}),
+        record("students", student("S0009", birthDate="31/12/2010")),  # invalid here, never sent
+    ]
+    run = run_target(config, b"".join(first) + state({"pos": 1}))
+    assert run.exit_code == 1 and run.totals["failed_all"] == 4 and run.states == [{"pos": 1}]
+    assert sb.store.count("/ed-fi/studentSchoolAssociations") == 3
+
+    listed = failed_listing(config, tmp_path)
+    assert len(listed) == 4
+    by_key = {json.dumps(d["key"], sort_keys=True): d for d in listed}
+    ghost = by_key[json.dumps({"entryDate": "2024-08-20", "schoolId": 1, "studentUniqueId": "GHOST"}, sort_keys=True)]
+    assert ghost["resource"] == "/ed-fi/studentSchoolAssociations" and ghost["status"] == 409
+    assert "studentReference" in ghost["message"]
+    bad = by_key[json.dumps({"studentUniqueId": "S0009"})]
+    assert bad["status"] == "invalid" and "birthDate" in bad["message"]
+    text = json.dumps(listed)
+    assert "31/12/2010" not in text and "Lovelace" not in text and "Ada" not in text  # only natural keys
+
+    # the next run brings the student and the descriptor value: what waited for them is sent, without its input
+    second = [schema("students"), record("students", student("GHOST")), schema("gradeLevelDescriptors"),
+              record("gradeLevelDescriptors", descriptor("GradeLevelDescriptor", "Tenth grade"))]
+    run = run_target(config, b"".join(second))
+    assert run.exit_code == 0, run.results
+    assert run.totals["retried_failed"] == 2 and run.totals["created"] == 2 + 2
+    assert sb.store.count("/ed-fi/studentSchoolAssociations") == 5
+    assert {json.dumps(d["key"], sort_keys=True) for d in failed_listing(config, tmp_path)} == {
+        json.dumps({"entryDate": "2024-08-20", "schoolId": 1, "studentUniqueId": "LATE"}, sort_keys=True),
+        json.dumps({"studentUniqueId": "S0009"})}
+
+    # someone else creates student LATE in the API: --resend-failed sends every dead letter, without input
+    api = api_for(sb)
+    assert api.post("/ed-fi/students", student("LATE")).status_code == 201
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(config))
+    proc = subprocess.run([TARGET, "--config", str(cfg), "--resend-failed"], capture_output=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr.decode()[-2000:]  # S0009 is rejected again, by the API this time
+    assert sb.store.count("/ed-fi/studentSchoolAssociations") == 6
+    (left,) = failed_listing(config, tmp_path)
+    assert left["key"] == {"studentUniqueId": "S0009"} and left["status"] == 400 and left["tries"] == 2
