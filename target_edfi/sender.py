@@ -164,9 +164,10 @@ def write_evidence(resp: Reply | requests.Response, method: str) -> str | None:
     maintenance page) is not the API's answer: the write may not have happened.
     """
     status = resp.status_code
-    content_type = (resp.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-    if resp.content and content_type and "json" not in content_type:
-        return f"HTTP {status} {content_type or 'without a content type'}, not the API's answer"
+    if resp.content:  # the API's successful writes have no body: only then is the content type read
+        content_type = (resp.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if content_type and "json" not in content_type:
+            return f"HTTP {status} {content_type}, not the API's answer"
     if method == "POST":
         if status in (200, 201) and id_from_location(resp):
             return None
@@ -490,9 +491,17 @@ class Sender:
             if not rows:
                 break
             for row in rows:
+                if (row.stream, row.source_key) in self._waiting:
+                    continue  # kept in the spool after a transient outcome in this run
                 try:
                     self._prime(res, shaper, row)
                 except EdFiHTTPError as exc:
+                    if transient_status(exc.status):  # no answer from the API: not a verdict
+                        self._hold(res, row, exc.status, f"key change: {exc.server_message or exc}")
+                        if self._has_upsert(row):  # the item's own record waits with its key change
+                            self._waiting.add((row.source_stream, row.item_key))
+                            self.results.wait(res.path, "waiting", "its key change waits in the spool")
+                        continue
                     self._fail(res, row, exc.status, f"key change: {exc.server_message or exc}", row.key_hash,
                                row.natural_key)
                     continue
@@ -734,7 +743,7 @@ class Sender:
     def _settle_write(self, out: Outcome) -> None:
         op, row, res = out.op, out.op.row, out.op.resource
         if out.kind == "transient":
-            self._hold(res, row, out)
+            self._hold(res, row, out.status, out.message)
             return
         if out.kind == "unresolved":
             self.results.add(res.path, "deferred")
@@ -776,7 +785,7 @@ class Sender:
         nkey = logged.natural_key if logged is not None else (row.natural_key or "{}")
         now = self.log.now()
         if out.kind == "transient":
-            self._hold(res, row, out, deleting=True)
+            self._hold(res, row, out.status, out.message, deleting=True)
             return
         if out.kind in ("ok", "not_found"):
             gone = out.kind == "not_found"
@@ -791,19 +800,19 @@ class Sender:
         message = f"still referenced: {out.message}" if out.kind == "dependent" else out.message
         self._fail(res, row, out.status, message, khash or None, nkey, attempts=out.requests, deleting=True)
 
-    def _hold(self, res: Resource, row: WorkRow, out: Outcome, deleting: bool = False) -> None:
+    def _hold(self, res: Resource, row: WorkRow, status: int | None, message: str, deleting: bool = False) -> None:
         """A transient outcome (no answer, 429, 5xx, a 2xx that is not the API's, after every try) says nothing
         about the record: it stays in the spool, is not tried again in this run, and the next run sends it."""
         self._waiting.add((row.stream, row.source_key))
-        if row.key_hash and not deleting:
+        if row.key_hash and not deleting and row.kind == UPSERT:
             self._held_keys.add((res.path, row.key_hash))
-        status = out.status if out.status is not None else "no response"
-        self.results.wait(res.path, status, _group_message(out.message))
+        shown = status if status is not None else "no response"
+        self.results.wait(res.path, shown, _group_message(message))
         logged = self._failures_logged[res.path] = self._failures_logged.get(res.path, 0) + 1
         if logged <= LOG_FAILURES:
             logger.warning("%s %s (stream %s, source key %s): %s %s: kept in the spool for the next run",
-                           "delete of" if deleting else "upsert of", res.path, row.stream, row.source_key, status,
-                           out.message)
+                           "delete of" if deleting else "upsert of", res.path, row.stream, row.source_key, shown,
+                           message)
 
     def _references_held(self, res: Resource, row: WorkRow) -> bool:
         """Whether a record references an item whose upsert waits in the spool after a transient outcome."""
