@@ -161,17 +161,23 @@ def test_a_wrong_secret_fails_in_seconds_before_any_input_is_read(make_sandbox: 
     config = tmp_path / "config.json"
     config.write_text(json.dumps({**target_config(sb, tmp_path / "log.db"), "client_secret": "not-the-secret-42"}))
     started = time.monotonic()
-    proc = subprocess.Popen([TARGET, "--config", str(config)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    try:
-        out, err = proc.communicate(timeout=60)  # stdin stays open and empty: an extract that has not finished
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    with (tmp_path / "out").open("wb") as out_file, (tmp_path / "err").open("wb") as err_file:
+        proc = subprocess.Popen([TARGET, "--config", str(config)], stdin=subprocess.PIPE, stdout=out_file,
+                                stderr=err_file)
+        try:
+            proc.wait(timeout=30)  # stdin stays open and empty: an upstream extract that has not finished
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            assert proc.stdin is not None
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+            proc.stdin.close()
     elapsed = time.monotonic() - started
+    out, err = (tmp_path / "out").read_bytes(), (tmp_path / "err").read_bytes()
+    assert elapsed < 30, "the run waited for its input instead of checking the credentials first"
     assert proc.returncode == 2 and out == b""
-    assert elapsed < 30
     errors = [line for line in err.decode().splitlines() if "cannot start" in line]
     assert len(errors) == 1 and "client_secret" in errors[0] and "401" in errors[0]
     assert "not-the-secret-42" not in err.decode()

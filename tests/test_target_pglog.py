@@ -80,16 +80,23 @@ def test_a_crafted_schema_setting_is_refused_and_names_are_quoted(make_sandbox: 
     tag = uuid.uuid4().hex[:6]
     schemas.append(f"te_x{tag}")  # what the crafted value would create before its injected statement
     crafted = f'te_x{tag}"; CREATE TABLE public.te_pwned_{tag} (a int); --'
-    with pytest.raises(ValueError, match="transaction_log_schema"):
-        PostgresLog(PG_URL, crafted)
-    assert not any(t.startswith("te_pwned_") for t in tables_in("public"))
+    try:
+        with pytest.raises(ValueError, match="transaction_log_schema"):
+            PostgresLog(PG_URL, crafted)
+        pwned = [t for t in tables_in("public") if t == f"te_pwned_{tag}"]
+    finally:
+        import psycopg
+
+        with psycopg.connect(PG_URL, autocommit=True) as conn:  # what an unfixed log would have made
+            conn.execute(f'DROP TABLE IF EXISTS public."te_pwned_{tag}"')
+    assert pwned == []
     # through the plugin: the setting is checked against its pattern before anything runs
     sb = make_sandbox("7.3")
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({**target_config(sb, PG_URL), "transaction_log_schema": crafted}))
     proc = subprocess.run([TARGET, "--config", str(cfg)], input=b"", capture_output=True, timeout=120)
     assert proc.returncode != 0 and b"transaction_log_schema" in proc.stderr
-    assert not any(t.startswith("te_pwned_") for t in tables_in("public"))
+    assert f"te_pwned_{tag}" not in tables_in("public")
     # a mixed-case name is a quoted identifier: the tables are in exactly that schema
     name = f"TE_Mixed_{uuid.uuid4().hex[:6]}"
     schemas.append(name)
