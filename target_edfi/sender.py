@@ -66,6 +66,7 @@ PAGE = 1000  # spool rows read at a time
 FLUSH_OUTCOMES = 100
 FLUSH_SECONDS = 0.2
 LOG_FAILURES = 100  # failures logged one by one per resource
+LOOKUPS = 200  # dependencies of dead letters looked up in the target API per run (the log and spool are free)
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -286,6 +287,7 @@ class Sender:
         self.retry_failed = retry_failed
         self._dead: set[tuple[str, str]] = set()  # (stream, source key) of the target's dead letters
         self._present: dict[tuple[str, str], bool] = {}
+        self._lookups = 0  # dead letters' dependencies looked up in the target API in this run
 
     # -- driving -------------------------------------------------------------------------------------
     def apply(self, activations: dict[str, int] | None = None) -> None:
@@ -362,22 +364,36 @@ class Sender:
                     "retry_failed" if self.retry_failed else "what they reference was written since")
 
     def _written(self, depends: str) -> bool:
-        """Whether every item a dead letter waited for (``resource<TAB>key hash``, alternatives joined by ``|``,
-        one per line) is in the target now (the log) or about to be (the spool)."""
+        """Whether every item a dead letter waited for is there now: in the log, in the spool (about to be sent),
+        or, found by its natural key, in the target API (written by someone else; at most ``LOOKUPS`` such
+        lookups a run). ``depends`` has one line per item, alternatives joined by ``|``, each
+        ``resource<TAB>key hash<TAB>natural key``."""
         for line in depends.split("\n"):
-            options = [part.split("\t", 1) for part in line.split("|") if "\t" in part]
             found = False
-            for path, khash in options:
-                key = (path, khash)
-                if key not in self._present:
-                    self._present[key] = (self.log.is_live(self.target, path, khash)
-                                          or self.log.spooled_upsert(self.target, path, khash))
-                if self._present[key]:
+            for part in line.split("|"):
+                path, _, rest = part.partition("\t")
+                khash, _, natural = rest.partition("\t")
+                if self._is_present(path, khash, natural):
                     found = True
                     break
             if not found:
                 return False
         return True
+
+    def _is_present(self, path: str, khash: str, natural: str) -> bool:
+        key = (path, khash)
+        present = self._present.get(key)
+        if present is None:
+            present = self.log.is_live(self.target, path, khash) or self.log.spooled_upsert(self.target, path, khash)
+            res = self.model.get(path)
+            if not present and natural and res is not None and self._lookups < LOOKUPS:
+                self._lookups += 1
+                try:
+                    present = self._find(res, orjson.loads(natural)) is not None
+                except (EdFiHTTPError, ValueError):
+                    present = False
+            self._present[key] = present
+        return present
 
     def _depends(self, res: Resource, row: WorkRow, status: int | str | None) -> str | None:
         """What a rejected record waits for: the references the target does not have (409), the descriptor values
@@ -387,9 +403,9 @@ class Sender:
             if status == 409 and row.kind == UPSERT:
                 payload = row.payload or self.log.spooled_payload(self.target, row.stream, row.source_key)
                 for _prop, options in reference_keys(self.model, res, orjson.loads(payload or b"{}")):
-                    alts = [(target.path, key_hash(values)) for target, values in options]
-                    if not any(self.log.is_live(self.target, path, khash) for path, khash in alts):
-                        lines.append("|".join(f"{path}\t{khash}" for path, khash in alts))
+                    alts = [(target.path, key_hash(values), canonical(values).decode()) for target, values in options]
+                    if not any(self.log.is_live(self.target, path, khash) for path, khash, _ in alts):
+                        lines.append("|".join("\t".join(alt) for alt in alts))
             elif status == "invalid" and row.descriptors:
                 for entry in row.descriptors.split("\n"):
                     field_path, _, value = entry.partition("\t")
@@ -397,7 +413,8 @@ class Sender:
                     if desc is None or value in self._verified:
                         continue
                     namespace, _, code = value.partition("#")
-                    lines.append(f"{desc.path}\t{key_hash({'codeValue': code, 'namespace': namespace})}")
+                    values = {"codeValue": code, "namespace": namespace}
+                    lines.append(f"{desc.path}\t{key_hash(values)}\t{canonical(values).decode()}")
         except (ValueError, TypeError):  # a payload that cannot be read: it waits for nothing in particular
             return None
         return "\n".join(lines) or None

@@ -239,9 +239,16 @@ def test_rejected_records_are_kept_retried_when_their_parent_arrives_and_resent_
         json.dumps({"entryDate": "2024-08-20", "schoolId": 1, "studentUniqueId": "LATE"}, sort_keys=True),
         json.dumps({"studentUniqueId": "S0009"})}
 
-    # someone else creates student LATE in the API: --resend-failed sends every dead letter, without input
+    # someone else creates student LATE in the API: the next run finds it there and sends what waited for it
     api = api_for(sb)
     assert api.post("/ed-fi/students", student("LATE")).status_code == 201
+    run = run_target(config, b"")
+    assert run.exit_code == 0, run.results
+    assert run.totals["retried_failed"] == 1 and run.totals["created"] == 1
+    assert sb.store.count("/ed-fi/studentSchoolAssociations") == 6
+    assert [d["key"] for d in failed_listing(config, tmp_path)] == [{"studentUniqueId": "S0009"}]
+
+    # --resend-failed sends every dead letter again, without input: S0009 goes to the API, which rejects it
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(config))
     proc = subprocess.run([TARGET, "--config", str(cfg), "--resend-failed"], capture_output=True, timeout=120)
