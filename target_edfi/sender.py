@@ -25,6 +25,14 @@ descriptors always come first. One apply (:meth:`Sender.apply`) then does:
    found by natural key through a GET. ``404`` counts as done; ``409`` (the item is still referenced) is
    reported.
 
+A write counts as accepted only with the evidence the API gives (:func:`write_evidence`: ``Location`` on a POST,
+``ETag``/``Location`` on a PUT, 204 on a DELETE, never an HTML body); a 2xx without it is sent again. An outcome
+that says nothing about the record (no answer, 429, 5xx, such a 2xx, after every try) is *transient*: the row
+stays in the spool (so do the rows that reference it), the run ends with status 3, and the next run sends it. A
+rejected record (4xx, or invalid) leaves a dead letter (the ``failed`` table: payload, reason, and what it waits
+for); :meth:`Sender._revive` puts dead letters back into the spool when that has been written, or with
+``retry_failed``.
+
 Every outcome is written to the transaction log and removed from the spool in batches (one transaction per
 100 outcomes or 0.2 seconds, whichever comes first; no fsync per record): a run killed at any point resends at
 most what was in flight or not yet committed, and a resent upsert of an unchanged payload changes nothing in the

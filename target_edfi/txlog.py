@@ -1,6 +1,6 @@
 """The transaction log: what target-edfi has sent to which API, and the spool of what it has yet to send.
 
-Two tables (the same on SQLite and PostgreSQL):
+Its tables (the same on SQLite and PostgreSQL):
 
 ``transaction_log``
     One row per (target API, resource, natural key): the natural key and its hash, the source stream and
@@ -13,6 +13,12 @@ Two tables (the same on SQLite and PostgreSQL):
     (target, stream, source key) so a later record of the same source item replaces an earlier one. A row is
     removed once it has been applied or recorded as failed; a run killed at any point leaves what it had not
     settled, and the next run applies it.
+
+``failed``
+    The dead letters: the last rejected payload of every source item (a spool row's columns), with its status
+    (``failed`` or ``invalid``), HTTP status, message, what it waits for (``depends``: items it references that the
+    target lacked, descriptor values it did not know), how often it was tried, the run and the time. A row goes
+    when its source item lands; later runs put it back into the spool when what it waits for has been written.
 
 ``runs`` keeps one row per run with its summary.
 
