@@ -17,6 +17,7 @@ import pytest
 from tests.proxies import FaultProxy
 from tests.target_support import content, diff_content, run_target, target_config
 from tests.test_target_bad_input import descriptor, enrollment, record, schema, school, student
+from tests.test_target_txlog import log_settings  # noqa: F401 - the fixture (SQLite and PostgreSQL logs)
 
 GRADE = "uri://ed-fi.org/GradeLevelDescriptor"
 CATEGORY = "EducationOrganizationCategoryDescriptor"
@@ -198,13 +199,14 @@ def failed_listing(config: dict[str, Any], tmp_path: Path) -> list[dict[str, Any
 
 
 def test_rejected_records_are_kept_retried_when_their_parent_arrives_and_resent_on_demand(
-        make_sandbox: Any, api_for: Any, tmp_path: Path) -> None:
+        make_sandbox: Any, api_for: Any, tmp_path: Path, log_settings: dict[str, str]) -> None:  # noqa: F811
+    """On SQLite and on PostgreSQL."""
     import subprocess
 
     from tests.target_support import TARGET
 
     sb = make_sandbox("7.3")
-    config = target_config(sb, tmp_path / "log.db")
+    config = target_config(sb, "", **log_settings)
     first = [
         *district(3),
         record("studentSchoolAssociations", enrollment("GHOST")),  # its student comes in the next run: 409
