@@ -12,6 +12,7 @@ from typing import Any
 from singer_sdk import typing as th
 
 from edfi_core.session import USER_AGENT, EdFiClient
+from edfi_core.token_cache import open_token_cache
 
 
 def api_properties(*extra_urls: th.Property) -> list[th.Property]:
@@ -43,6 +44,13 @@ def api_properties(*extra_urls: th.Property) -> list[th.Property]:
         *extra_urls,
         th.Property("scope", th.StringType,
                     description="OAuth scope: an education organization id the client is associated with."),
+        th.Property("token_cache", th.StringType,
+                    description="Where bearer tokens are shared between runs and processes (ODS/API 7.3 allows 15 "
+                                "live tokens per client): a file path (default "
+                                "`~/.cache/edfi-singer/oauth-tokens.json`, or `$EDFI_SINGER_TOKEN_CACHE`), a "
+                                "`postgresql://` URL for runs on many hosts (table `edfi_singer_oauth_tokens`), or "
+                                "`off`. Tokens are kept by OAuth URL and client id, renewed a minute before they "
+                                "expire, and never logged."),
     ]
 
 
@@ -82,6 +90,7 @@ def make_client(s: Mapping[str, Any], *, url_overrides: Mapping[str, str | None]
         url_overrides={"data": s.get("data_url"), "oauth": s.get("oauth_url"), "metadata": s.get("metadata_url"),
                        **(url_overrides or {})},
         scope=s.get("scope"), verify=bool(s["verify_ssl"]), user_agent=user_agent or USER_AGENT,
+        token_cache=open_token_cache(s.get("token_cache")),
     )
 
 

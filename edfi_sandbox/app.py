@@ -78,7 +78,7 @@ class SandboxApp:
         self.faults = faults or FaultInjector()
         clients = {config.client_id: config.client_secret, **config.extra_clients}
         self.tokens = TokenRegistry(
-            clients, config.token_ttl, config.max_tokens_per_client if config.is_v7 else None
+            clients, config.token_ttl, config.max_tokens_per_client if config.api_version >= "7.3" else None
         )
         self.validators = Validators()
         self.requests = 0
@@ -240,9 +240,12 @@ class SandboxApp:
         except OAuthError as exc:
             return Reply(exc.status, orjson.dumps(exc.body()))
         except TooManyTokens:
+            # EdFi.Ods.Common/Exceptions/TooManyTokensException.cs (v7.3.2); no Retry-After
             return self._error(
                 429, "security:authentication:too-many-tokens",
-                "The client has too many active tokens. Reuse an existing token or wait for one to expire.",
+                "The caller has authenticated too many times in too short of a time period.",
+                extra=[f"Too many access tokens have been requested (limit is {self.config.max_tokens_per_client})."
+                       " Access tokens should be reused until they expire."],
             )
         body = {"access_token": token.value, "expires_in": self.config.token_ttl, "token_type": "bearer"}
         if form.get("scope"):

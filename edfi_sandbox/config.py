@@ -21,7 +21,7 @@ class SandboxConfig:
     client_id: str = DEFAULT_CLIENT_ID
     client_secret: str = DEFAULT_CLIENT_SECRET
     token_ttl: int = 1800  # seconds, like BearerTokenTimeoutMinutes=30
-    max_tokens_per_client: int = 15  # 7.x BearerTokenPerClientLimit
+    max_tokens_per_client: int = 15  # BearerTokenPerClientLimit, from 7.3 on (ApiSettings.cs)
     # 5.x/6.x ApiMode routing: "sandbox" (no segment), "year" (/{year}), "instance-year"
     api_mode: str = "sandbox"
     school_year: int | None = None
