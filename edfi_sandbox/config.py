@@ -34,6 +34,13 @@ class SandboxConfig:
     forbidden: frozenset[str] = frozenset()
     # API profiles: name -> resource path -> the properties its readable content type includes
     profiles: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # the token the /_sandbox/* admin endpoints require (header X-Sandbox-Admin-Token); None: a random one
+    admin_token: str | None = None
+    # server limits (Kestrel's defaults, which the ODS/API does not change, where there is one)
+    header_timeout: float = 10.0  # seconds for a request's headers (Kestrel RequestHeadersTimeout: 30 s)
+    body_timeout: float = 30.0  # seconds for a request's body, in total
+    max_body_bytes: int = 30_000_000  # 413 above (Kestrel MaxRequestBodySize)
+    max_header_bytes: int = 32 * 1024  # 431 above (Kestrel MaxRequestHeadersTotalSize)
 
     def __post_init__(self) -> None:
         if self.api_version not in API_VERSIONS:
