@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import secrets
 import shutil
 import socket
 import subprocess
@@ -131,6 +132,8 @@ class SandboxProcess:
         self._token: str | None = None
         self.http = requests.Session()
         self.http.trust_env = False  # loopback: never through a proxy
+        self.admin_token = secrets.token_urlsafe(18)  # the /_sandbox/* endpoints require it
+        self.http.headers["X-Sandbox-Admin-Token"] = self.admin_token
 
     @property
     def base_url(self) -> str:
@@ -138,7 +141,8 @@ class SandboxProcess:
 
     def start(self, timeout: float = 1800) -> SandboxProcess:
         cmd = [sys.executable, "-m", "edfi_sandbox.cli", "serve", "--port", str(self.port),
-               "--api-version", self.api_version, "--latency-ms", str(self.latency_ms), "--log-level", "warning"]
+               "--api-version", self.api_version, "--latency-ms", str(self.latency_ms), "--log-level", "warning",
+               "--admin-token", self.admin_token]
         if self.db is not None:
             cmd += ["--db", str(self.db)]
             if not self.db.exists() and self.students:
@@ -323,7 +327,8 @@ def run_measured(name: str, cmd: Sequence[str], *, sandbox: SandboxProcess, env:
     sandbox.revoke_tokens()
     before, cpu_before = sandbox.stats(), sandbox.cpu()
     busy_before = machine_busy()
-    env = {**os.environ, **(env or {})}
+    # every contender takes its own token (revoked above): no token shared from an earlier run through a cache
+    env = {"EDFI_SINGER_TOKEN_CACHE": "off", **os.environ, **(env or {})}
     files: list[IO[bytes]] = []
 
     def _open(path: Path | None, mode: str) -> IO[bytes] | int:

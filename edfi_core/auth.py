@@ -20,6 +20,8 @@ from typing import Any
 
 import requests
 
+from edfi_core.token_cache import CachedToken, TokenCache, cache_key
+
 logger = logging.getLogger(__name__)
 
 #: Statuses of the token endpoint worth retrying (7.x answers 429 when a client has too many tokens).
@@ -42,6 +44,24 @@ class AuthError(RuntimeError):
         self.status = status
 
 
+class TooManyTokensError(AuthError):
+    """7.x: the client holds as many live tokens as the API allows (``BearerTokenPerClientLimit``)."""
+
+
+def _too_many_tokens(resp: requests.Response) -> bool:
+    """The ODS/API's TooManyTokensException (429, ``urn:ed-fi:api:security:authentication:too-many-tokens``)."""
+    if resp.status_code != 429:
+        return False
+    text = (resp.text or "").lower()
+    return any(s in text for s in ("too-many-tokens", "too many access tokens", "too many tokens",
+                                   "too many active tokens"))
+
+
+def _when(epoch: float, now: float) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+    return f"{stamp} (in {max(0, round(epoch - now))}s)"
+
+
 def _oauth_error(resp: requests.Response) -> str:
     try:
         body = resp.json()
@@ -49,6 +69,8 @@ def _oauth_error(resp: requests.Response) -> str:
         return (resp.text or "").strip()[:200]
     if isinstance(body, dict):
         parts = [str(body[k]) for k in ("error", "error_description", "detail", "message") if body.get(k)]
+        if isinstance(body.get("errors"), list):  # problem details: the specifics (7.x too-many-tokens)
+            parts += [str(e) for e in body["errors"][:3]]
         if parts:
             return ": ".join(parts)
     return str(body)[:200]
@@ -74,6 +96,7 @@ class TokenManager:
         max_tries: int = 5,
         margin: float = 60.0,
         on_refresh: Callable[[], None] | None = None,
+        cache: TokenCache | None = None,
     ) -> None:
         if not client_id or not client_secret:
             raise AuthError("client_id and client_secret are required", url=token_url)
@@ -91,6 +114,12 @@ class TokenManager:
         self._renew_at = 0.0  # monotonic time after which the token is renewed
         self._use_basic = True
         self.fetches = 0
+        #: shared with other processes (``edfi_core.token_cache``); None: this process only
+        self.cache = cache
+        self._cache_key = cache_key(token_url, client_id, client_secret, scope) if cache is not None else ""
+        self._expires_at = 0.0  # wall-clock times of the current token (what the cache stores)
+        self._renew_wall = 0.0
+        self.reused = 0  # tokens taken from the cache instead of fetched
 
     def __repr__(self) -> str:  # never show the secret or the token
         return f"TokenManager({self.token_url!r}, client_id={self._client_id!r})"
@@ -103,8 +132,11 @@ class TokenManager:
             return token
         with self._lock:
             if self._token is None or time.monotonic() >= self._renew_at:
-                self._token = None
-                self._fetch()
+                if self.cache is None:
+                    self._renew_here()
+                else:
+                    self._token = None
+                    self._from_cache()
             assert self._token is not None
             return self._token
 
@@ -115,6 +147,83 @@ class TokenManager:
                 logger.info("bearer token rejected by the API; a new one will be requested")
                 self._token = None
                 self._renew_at = 0.0
+                if self.cache is not None:
+                    with self.cache.locked(self._cache_key):
+                        self.cache.forget(self._cache_key, token)
+
+    def _renew_here(self) -> None:
+        """Without a cache: fetch; on "too many tokens" keep the current token while the server accepts it."""
+        previous = None
+        if self._token is not None:
+            previous = CachedToken(self._token, self._expires_at, self._renew_wall, [self._expires_at])
+        self._token = None
+        try:
+            self._fetch_or_explain(previous)
+        except TooManyTokensError:
+            now = time.time()
+            if previous is None or not previous.valid(now):
+                raise
+            self._adopt(previous, previous.expires_at - 5.0)
+            logger.warning("the API has no token left for this client (too many active tokens): the current one "
+                           "is used until it expires at %s", _when(previous.expires_at, now))
+
+    # -- the shared cache ---------------------------------------------------------------------
+    def _adopt(self, entry: CachedToken, renew_at: float) -> None:
+        now = time.time()
+        self._token = entry.token
+        self._expires_at = entry.expires_at
+        self._renew_wall = renew_at
+        self._renew_at = time.monotonic() + max(0.0, renew_at - now)
+        self.reused += 1
+
+    def _from_cache(self) -> None:
+        """The cached token while it is fresh; else fetch one (holding the cache's lock) and share it."""
+        assert self.cache is not None
+        key = self._cache_key
+        with self.cache.locked(key):
+            entry = self.cache.load(key)
+            now = time.time()
+            if entry is not None and entry.token and entry.fresh(now):
+                self._adopt(entry, entry.renew_at)
+                logger.info("bearer token from the %s (valid %.0fs more)", self.cache.description,
+                            entry.expires_at - now)
+                return
+            try:
+                self._fetch_or_explain(entry)
+            except TooManyTokensError:
+                now = time.time()
+                if entry is not None and entry.token and entry.valid(now):
+                    # due for renewal but still accepted: use it until it expires
+                    self._adopt(entry, entry.expires_at - 5.0)
+                    logger.warning("the API has no token left for this client (too many active tokens): the "
+                                   "cached one is used until it expires at %s", _when(entry.expires_at, now))
+                    return
+                raise
+            now = time.time()
+            issued = [*(entry.live_expiries(now) if entry is not None else []), self._expires_at]
+            self.cache.store(key, CachedToken(str(self._token), self._expires_at, self._renew_wall, issued))
+
+    def _fetch_or_explain(self, entry: CachedToken | None) -> None:
+        """Fetch; on "too many tokens" say when a token frees up."""
+        try:
+            self._fetch()
+        except TooManyTokensError as exc:
+            now = time.time()
+            live = entry.live_expiries(now) if entry is not None else []
+            if live:
+                where = f"through the {self.cache.description}" if self.cache is not None else "by this run"
+                when = (f"{len(live)} of the live tokens were fetched {where}; the first of them expires at "
+                        f"{_when(live[0], now)}")
+            else:
+                when = ("no live token of this client is known here: the oldest frees up when it expires, at most "
+                        "its lifetime (expires_in, 30 minutes by default) after it was issued")
+            advice = ("other runs of this client take tokens without sharing them: give them the same token_cache"
+                      if self.cache is not None else
+                      "every run takes its own token: set token_cache (a file, the default, or a postgresql:// URL) "
+                      "so that runs share one")
+            raise TooManyTokensError(f"{exc} The API allows only a few live tokens per client (15 by default on "
+                                     f"ODS/API 7.3) and this client has them all; {when}. Then run again; "
+                                     f"{advice}.", url=exc.url, status=exc.status) from None
 
     def auth_header(self) -> tuple[str, dict[str, str]]:
         token = self.token()
@@ -157,6 +266,9 @@ class TokenManager:
                     self._accept(resp)
                     return
                 last_error = f"HTTP {status}: {_oauth_error(resp)}"
+                if _too_many_tokens(resp):  # retrying only takes more of the client's tokens' time
+                    raise TooManyTokensError(f"token request to {self.token_url} failed: {last_error}.",
+                                             url=self.token_url, status=status)
                 if status not in TRANSIENT_STATUSES:
                     hint = " (check client_id and client_secret)" if status in (400, 401) else ""
                     raise AuthError(f"token request to {self.token_url} failed: {last_error}{hint}",
@@ -188,6 +300,8 @@ class TokenManager:
         margin = min(self.margin, expires_in / 5)
         self._token = str(token)
         self._renew_at = time.monotonic() + max(0.0, expires_in - margin)
+        self._expires_at = time.time() + expires_in
+        self._renew_wall = time.time() + max(0.0, expires_in - margin)
         self.fetches += 1
         logger.debug("new bearer token, valid %ss (renewed after %.0fs)", expires_in, expires_in - margin)
         if self.on_refresh is not None:

@@ -28,6 +28,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from edfi_core.auth import TRANSIENT_ERRORS, AuthError, TokenManager
+from edfi_core.token_cache import TokenCache
 
 logger = logging.getLogger(__name__)
 
@@ -357,8 +358,10 @@ class EdFiClient:
         scope: str | None = None,
         verify: bool = True,
         user_agent: str = USER_AGENT,
+        token_cache: TokenCache | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.token_cache = token_cache
         self.max_tries = max(1, int(max_tries))
         self.timeout = (connect_timeout, timeout)
         self.backoff_factor = backoff_factor
@@ -432,7 +435,7 @@ class EdFiClient:
                     self._tokens = TokenManager(
                         self.urls.oauth, self._client_id, self._client_secret, session=self.session,
                         scope=self._scope, timeout=self.timeout, max_tries=min(self.max_tries, 6),
-                        on_refresh=self.stats.count_token_fetch,
+                        on_refresh=self.stats.count_token_fetch, cache=self.token_cache,
                     )
         return self._tokens
 

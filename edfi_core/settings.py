@@ -6,12 +6,15 @@ how requests are retried: declared once here so that the two plugins accept, doc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from singer_sdk import typing as th
+from singer_sdk.exceptions import ConfigValidationError
 
 from edfi_core.session import USER_AGENT, EdFiClient
+from edfi_core.token_cache import open_token_cache
 
 
 def api_properties(*extra_urls: th.Property) -> list[th.Property]:
@@ -43,6 +46,13 @@ def api_properties(*extra_urls: th.Property) -> list[th.Property]:
         *extra_urls,
         th.Property("scope", th.StringType,
                     description="OAuth scope: an education organization id the client is associated with."),
+        th.Property("token_cache", th.StringType,
+                    description="Where bearer tokens are shared between runs and processes (ODS/API 7.3 allows 15 "
+                                "live tokens per client): a file path (default "
+                                "`~/.cache/edfi-singer/oauth-tokens.json`, or `$EDFI_SINGER_TOKEN_CACHE`), a "
+                                "`postgresql://` URL for runs on many hosts (table `edfi_singer_oauth_tokens`), or "
+                                "`off`. Tokens are kept by OAuth URL and client id, renewed a minute before they "
+                                "expire, and never logged."),
     ]
 
 
@@ -71,6 +81,82 @@ def with_defaults(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dic
     return {**defaults, **{k: v for k, v in config.items() if v is not None}}
 
 
+# -- config validation without secrets -----------------------------------------------------------------------
+#: ``scheme://user:password@`` in a URL setting (a PostgreSQL transaction log or token cache)
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^@/\s]+@")
+HIDDEN = "<secret>"
+
+
+def secret_settings(schema: Mapping[str, Any]) -> set[str]:
+    """Settings the schema marks secret (``secret``/``writeOnly`` from ``th.Property(secret=True)``, or
+    ``sensitive``)."""
+    return {name for name, prop in (schema.get("properties") or {}).items()
+            if isinstance(prop, dict) and (prop.get("secret") or prop.get("writeOnly") or prop.get("sensitive"))}
+
+
+def _problem(error: Any) -> str:
+    """What is wrong with a value, without the value."""
+    rule, expected = error.validator, error.validator_value
+    if rule == "type":
+        types = expected if isinstance(expected, list) else [expected]
+        return f"a value that is not of type {' or '.join(repr(t) for t in types)}"
+    if rule == "enum":
+        return f"a value that is not one of {expected!r}"
+    if rule in ("minLength", "maxLength", "minimum", "maximum", "minItems", "maxItems"):
+        return f"a value that breaks {rule} {expected!r}"
+    return f"a value that fails {rule!r}"
+
+
+def _texts(value: Any, out: set[str]) -> None:
+    """A value as text, and every string or number inside it."""
+    if value is None:
+        return
+    out.add(str(value))
+    if isinstance(value, dict):
+        for item in value.values():
+            _texts(item, out)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _texts(item, out)
+
+
+def config_errors(schema: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The config's validation errors as the SDK words them (``<problem> in config['name']``), with the value of
+    every secret setting left out (a mistyped secret is still a secret) and passwords in URLs hidden."""
+    from singer_sdk.plugin_base import JSONSchemaValidator  # the SDK's validator: it fills in defaults too
+
+    secrets = secret_settings(schema)
+    found: set[str] = set()
+    for name in secrets:
+        _texts(config.get(name), found)
+    values = sorted((v for v in found if len(v) >= 3), key=len, reverse=True)
+    out = []
+    for error in JSONSchemaValidator(schema).iter_errors(config):
+        path = list(error.path)
+        message = error.message
+        if path and path[0] in secrets:
+            message = f"{_problem(error)} (secret setting: value not shown)"
+        for value in values:
+            message = message.replace(value, HIDDEN)
+        message = _URL_PASSWORD.sub(rf"\1{HIDDEN}@", message)
+        if path:
+            message += f" in config[{']['.join(repr(p) for p in path)}]"
+        out.append(message)
+    return out
+
+
+def validate_config(plugin: Any, *, raise_errors: bool = True) -> list[str]:
+    """``PluginBase._validate_config`` with :func:`config_errors`: the SDK prints every error it raises."""
+    schema = plugin.config_jsonschema
+    plugin.append_builtin_config(schema)
+    errors = config_errors(schema, plugin._config)
+    if errors:
+        if raise_errors:
+            raise ConfigValidationError("Config validation failed", errors=errors, schema=schema)
+        plugin.logger.warning("Config validation failed")
+    return errors
+
+
 def make_client(s: Mapping[str, Any], *, url_overrides: Mapping[str, str | None] | None = None,
                 user_agent: str | None = None) -> EdFiClient:
     """The API client for a plugin's settings (defaults applied)."""
@@ -82,7 +168,9 @@ def make_client(s: Mapping[str, Any], *, url_overrides: Mapping[str, str | None]
         url_overrides={"data": s.get("data_url"), "oauth": s.get("oauth_url"), "metadata": s.get("metadata_url"),
                        **(url_overrides or {})},
         scope=s.get("scope"), verify=bool(s["verify_ssl"]), user_agent=user_agent or USER_AGENT,
+        token_cache=open_token_cache(s.get("token_cache")),
     )
 
 
-__all__ = ["VERIFY_SSL", "api_properties", "defaults_of", "make_client", "retry_properties", "with_defaults"]
+__all__ = ["VERIFY_SSL", "api_properties", "config_errors", "defaults_of", "make_client", "retry_properties",
+           "secret_settings", "validate_config", "with_defaults"]

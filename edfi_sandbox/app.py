@@ -7,6 +7,7 @@ import base64
 import binascii
 import logging
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,11 @@ from edfi_sandbox.validation import Validators
 logger = logging.getLogger(__name__)
 
 MAX_PAGE = 500
+#: integer query parameters bind to C# ``int?`` (offset, limit, pageSize) or ``long?`` (change versions) in the
+#: ODS/API (EdFi.Ods.Common/Models/Queries/UrlQueryParametersRequest.cs): a value outside is a binding error (400)
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+ADMIN_HEADER = "x-sandbox-admin-token"
 PROFILE_MEDIA = re.compile(r"application/vnd\.ed-fi\.([A-Za-z0-9]+)\.([^.;,\s]+)\.readable\+json")
 CHANGE_SUFFIXES = ("deletes", "keyChanges", "partitions")
 WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
@@ -78,9 +84,10 @@ class SandboxApp:
         self.faults = faults or FaultInjector()
         clients = {config.client_id: config.client_secret, **config.extra_clients}
         self.tokens = TokenRegistry(
-            clients, config.token_ttl, config.max_tokens_per_client if config.is_v7 else None
+            clients, config.token_ttl, config.max_tokens_per_client if config.api_version >= "7.3" else None
         )
         self.validators = Validators()
+        self.admin_token = config.admin_token or secrets.token_urlsafe(18)
         self.requests = 0
         self.requests_by_area: dict[str, int] = {}
         self._doc_cache: dict[tuple[str, str, bool], bytes] = {}
@@ -98,13 +105,10 @@ class SandboxApp:
                     return
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        body = await self._read_body(receive, send, headers)
+        if body is None:
+            return
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
         req = Request(scope["method"].upper(), scope["path"], query, headers, body)
         base = self._base_url(scope, headers)
@@ -135,6 +139,46 @@ class SandboxApp:
                 logger.exception("unhandled error for %s %s", req.method, req.path)
                 reply = self._error(500, "system", "An unexpected problem has occurred.")
         await self._send(send, reply)
+
+    async def _read_body(self, receive: Callable, send: Callable, headers: dict[str, str]) -> bytes | None:
+        """The request body, read in linear time (chunks joined once) within a size limit and a deadline.
+
+        None when the request was answered here: 413 over ``max_body_bytes`` (from Content-Length before reading,
+        or while reading a chunked body), 408 when the body does not arrive within ``body_timeout``; both close
+        the connection (the rest of the body is not read).
+        """
+        limit = self.config.max_body_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await self._send(send, self._limit_reply(413))
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.body_timeout
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                await self._send(send, self._limit_reply(408))
+                return None
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    await self._send(send, self._limit_reply(413))
+                    return None
+                chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @staticmethod
+    def _limit_reply(status: int) -> Reply:
+        """413 or 408 without a body (as Kestrel answers them), closing the connection."""
+        return Reply(status, b"", {"Connection": "close"}, content_type=None)
 
     @staticmethod
     def _base_url(scope: dict, headers: dict[str, str]) -> str:
@@ -203,6 +247,11 @@ class SandboxApp:
         if area == "dependencies":
             return self._dependencies(req)
         if area == "admin":
+            given = req.headers.get(ADMIN_HEADER, "")
+            if not secrets.compare_digest(given.encode(), self.admin_token.encode()):
+                return Reply(401, orjson.dumps({
+                    "message": "The sandbox admin endpoints (/_sandbox/*) need the admin token the sandbox printed "
+                               "at start, in the X-Sandbox-Admin-Token header."}))
             return await run_in_threadpool(self._admin, route.rest, req)
         self._authorize(req)
         if area == "changes":
@@ -240,9 +289,12 @@ class SandboxApp:
         except OAuthError as exc:
             return Reply(exc.status, orjson.dumps(exc.body()))
         except TooManyTokens:
+            # EdFi.Ods.Common/Exceptions/TooManyTokensException.cs (v7.3.2); no Retry-After
             return self._error(
                 429, "security:authentication:too-many-tokens",
-                "The client has too many active tokens. Reuse an existing token or wait for one to expire.",
+                "The caller has authenticated too many times in too short of a time period.",
+                extra=[f"Too many access tokens have been requested (limit is {self.config.max_tokens_per_client})."
+                       " Access tokens should be reused until they expire."],
             )
         body = {"access_token": token.value, "expires_in": self.config.token_ttl, "token_type": "bearer"}
         if form.get("scope"):
@@ -448,15 +500,19 @@ class SandboxApp:
         return Reply(200, body, reply.headers, content_type=media)
 
     # query parameters ------------------------------------------------------------------------------
-    def _int_param(self, req: Request, name: str) -> int | None:
+    def _int_param(self, req: Request, name: str, bounds: tuple[int, int] = INT32) -> int | None:
         raw = req.query.get(name)
         if raw is None or raw == "":
             return None
         try:
-            return int(raw)
-        except ValueError as exc:
+            value = int(raw) if len(raw) <= 40 else None
+        except ValueError:
+            value = None
+        if value is None or not bounds[0] <= value <= bounds[1]:
+            # ASP.NET model binding's message for a value the parameter's type cannot hold
             raise HttpError(400, "bad-request:parameter-validation-failed",
-                            f"The value '{raw}' is not valid for {name}.") from exc
+                            f"The value '{raw[:100]}' is not valid for {name}.")
+        return value
 
     def _paging(self, req: Request) -> tuple[int, int]:
         v = self.config.api_version
@@ -496,7 +552,10 @@ class SandboxApp:
             typ = spec.get("type")
             try:
                 if typ == "integer":
-                    filters[name] = int(raw)
+                    value = int(raw) if len(raw) <= 40 else None
+                    if value is None or not INT64[0] <= value <= INT64[1]:
+                        raise ValueError(name)
+                    filters[name] = value
                 elif typ == "number":
                     filters[name] = float(raw)
                 elif typ == "boolean":
@@ -513,8 +572,8 @@ class SandboxApp:
 
     # reads ---------------------------------------------------------------------------------------
     def _get_collection(self, res: Resource, req: Request, snapshot: Snapshot | None) -> Reply:
-        min_cv = self._int_param(req, "minChangeVersion")
-        max_cv = self._int_param(req, "maxChangeVersion")
+        min_cv = self._int_param(req, "minChangeVersion", INT64)
+        max_cv = self._int_param(req, "maxChangeVersion", INT64)
         filters = self._filters(res, req)
         if self.config.has_partitions and ("pageToken" in req.query or "pageSize" in req.query):
             return self._cursor_page(res, req, snapshot, min_cv, max_cv, filters)
@@ -545,9 +604,13 @@ class SandboxApp:
         if not 1 <= size <= MAX_PAGE:
             raise HttpError(400, bad, "PageSize must be a value between 1 and 500.")
         try:
-            low, high = decode_token(q["pageToken"])
-        except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-            raise HttpError(400, bad, "The pageToken is not valid.") from exc
+            low, high = decode_token(q["pageToken"]) if len(q["pageToken"]) <= 64 else (None, None)
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            low = high = None
+        if low is None or high is None or not (INT32[0] <= low <= INT32[1] and INT32[0] <= high <= INT32[1]):
+            # PagingHelpers.GetAggregateIdRange: Convert.ToInt32 of both ends, else BadRequestParameterException
+            raise HttpError(400, bad, "The request construction was invalid.",
+                            extra=["The page token provided was invalid."])
         rows = self.store.range_page(res.path, low, high, size, min_cv, max_cv, filters, snapshot)
         headers = {}
         if rows:
@@ -556,8 +619,8 @@ class SandboxApp:
 
     def _change_query(self, res: Resource, sub: str, req: Request, snapshot: Snapshot | None) -> Reply:
         v = self.config.api_version
-        min_cv = self._int_param(req, "minChangeVersion")
-        max_cv = self._int_param(req, "maxChangeVersion")
+        min_cv = self._int_param(req, "minChangeVersion", INT64)
+        max_cv = self._int_param(req, "maxChangeVersion", INT64)
         if sub == "partitions":
             if not self.config.has_partitions:
                 raise HttpError(404, "not-found", "The specified resource could not be found.")

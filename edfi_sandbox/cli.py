@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -13,6 +15,10 @@ import requests
 from edfi_sandbox.config import API_VERSIONS, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
 logger = logging.getLogger("edfi_sandbox")
+ADMIN_ENV = "EDFI_SANDBOX_ADMIN_TOKEN"
+#: where the sandbox says it listens and its admin token: shown whatever --log-level says
+started = logging.getLogger("edfi_sandbox.started")
+started.setLevel(logging.INFO)
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +54,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fault-seed", type=int)
     p.add_argument("--churn", type=float, default=0.0, metavar="PER_SEC",
                    help="update/delete random items at this rate while clients read")
+    p.add_argument("--admin-token", default=os.environ.get(ADMIN_ENV),
+                   help=f"the token the /_sandbox/* admin endpoints require (header X-Sandbox-Admin-Token; default "
+                        f"${ADMIN_ENV}, else a random one, printed at start)")
+    p.add_argument("--header-timeout", type=float, default=10.0, help="seconds for a request's headers (408)")
+    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds for a request's body (408)")
+    p.add_argument("--max-body-bytes", type=int, default=30_000_000, help="largest request body (413)")
     p.add_argument("--log-level", default="info")
 
 
@@ -59,22 +71,29 @@ def main(argv: list[str] | None = None) -> int:
     snap.add_argument("--url", default="http://127.0.0.1:8765", help="the sandbox's base URL")
     faults = sub.add_parser("faults", help="show or change the faults of a running sandbox")
     faults.add_argument("--url", default="http://127.0.0.1:8765")
+    for admin in (snap, faults):
+        admin.add_argument("--admin-token", default=os.environ.get(ADMIN_ENV),
+                           help=f"the admin token the sandbox printed at start (default ${ADMIN_ENV})")
     faults.add_argument("settings", nargs="*", metavar="NAME=VALUE", help="e.g. rate_429=0.1 latency_ms=20")
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(getattr(args, "log_level", "info")).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command == "serve":
         return _serve(args)
+    admin = {"X-Sandbox-Admin-Token": args.admin_token or ""}
     if args.command == "snapshot":
-        resp = requests.post(args.url.rstrip("/") + "/_sandbox/snapshots", timeout=600)
-        resp.raise_for_status()
+        resp = requests.post(args.url.rstrip("/") + "/_sandbox/snapshots", headers=admin, timeout=600)
+        if not resp.ok:
+            logger.error("POST %s/_sandbox/snapshots: HTTP %s %s", args.url.rstrip("/"), resp.status_code,
+                         resp.text[:300])
+            return 1
         sys.stdout.write(json.dumps(resp.json()) + "\n")
         return 0
     values = {}
     for item in args.settings:
         name, _, value = item.partition("=")
         values[name] = value
-    resp = requests.put(args.url.rstrip("/") + "/_sandbox/faults", json=values, timeout=30)
+    resp = requests.put(args.url.rstrip("/") + "/_sandbox/faults", json=values, headers=admin, timeout=30)
     sys.stdout.write(resp.text + "\n")
     return 0 if resp.ok else 1
 
@@ -83,6 +102,11 @@ def _serve(args: argparse.Namespace) -> int:
     from edfi_sandbox.faults import FaultConfig
     from edfi_sandbox.server import Sandbox
 
+    try:  # bind first: a port in use fails now, before seeding (uvicorn listens on the socket once it serves)
+        sock = _bind(args.host, args.port)
+    except OSError as exc:
+        logger.error("cannot listen on %s:%s: %s", args.host, args.port, exc.strerror or exc)
+        return 2
     faults = FaultConfig(
         latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, rate_429=args.rate_429, rate_500=args.rate_500,
         rate_502=args.rate_502, rate_503=args.rate_503, rate_drop=args.rate_drop,
@@ -90,22 +114,42 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         sandbox = Sandbox(
-            args.api_version, seed=args.seed, seed_value=args.seed_value, host=args.host, port=args.port,
+            args.api_version, seed=args.seed, seed_value=args.seed_value, host=args.host,
+            port=sock.getsockname()[1],
             db=args.db, specs=args.spec, faults=faults, log_level=args.log_level,
             client_id=args.client_id, client_secret=args.client_secret, token_ttl=args.token_ttl,
             api_mode=args.api_mode, school_year=args.school_year, instance=args.instance,
             tenant=args.tenant, context=args.context, forbidden=frozenset(args.forbid),
             profiles=json.loads(Path(args.profiles).read_text()) if args.profiles else {},
+            admin_token=args.admin_token, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+            max_body_bytes=args.max_body_bytes,
         )
     except (ValueError, OSError) as exc:
+        sock.close()
         logger.error("cannot start the sandbox: %s", exc)
         return 2
     if args.churn:
         sandbox.start_churn(args.churn)
-    logger.info("Ed-Fi sandbox %s on %s (client id %s); root payload at %s", args.api_version,
-                sandbox.base_url, args.client_id, sandbox.api_root + "/")
-    sandbox.serve_forever()
+    def listening() -> None:  # printed once the server accepts connections, not before
+        started.info("Ed-Fi sandbox %s listening on %s (client id %s); root payload at %s", args.api_version,
+                     sandbox.base_url, args.client_id, sandbox.api_root + "/")
+        started.info("admin endpoints /_sandbox/* need the header X-Sandbox-Admin-Token: %s", sandbox.admin_token)
+
+    sandbox.serve_forever(sock, on_listening=listening)
     return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, not yet listening (connections are refused until the server serves)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ class SandboxConfig:
     client_id: str = DEFAULT_CLIENT_ID
     client_secret: str = DEFAULT_CLIENT_SECRET
     token_ttl: int = 1800  # seconds, like BearerTokenTimeoutMinutes=30
-    max_tokens_per_client: int = 15  # 7.x BearerTokenPerClientLimit
+    max_tokens_per_client: int = 15  # BearerTokenPerClientLimit, from 7.3 on (ApiSettings.cs)
     # 5.x/6.x ApiMode routing: "sandbox" (no segment), "year" (/{year}), "instance-year"
     api_mode: str = "sandbox"
     school_year: int | None = None
@@ -34,6 +34,13 @@ class SandboxConfig:
     forbidden: frozenset[str] = frozenset()
     # API profiles: name -> resource path -> the properties its readable content type includes
     profiles: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # the token the /_sandbox/* admin endpoints require (header X-Sandbox-Admin-Token); None: a random one
+    admin_token: str | None = None
+    # server limits (Kestrel's defaults, which the ODS/API does not change, where there is one)
+    header_timeout: float = 10.0  # seconds for a request's headers (Kestrel RequestHeadersTimeout: 30 s)
+    body_timeout: float = 30.0  # seconds for a request's body, in total
+    max_body_bytes: int = 30_000_000  # 413 above (Kestrel MaxRequestBodySize)
+    max_header_bytes: int = 32 * 1024  # 431 above (Kestrel MaxRequestHeadersTotalSize)
 
     def __post_init__(self) -> None:
         if self.api_version not in API_VERSIONS:

@@ -7,7 +7,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from edfi_core.openapi import ApiModel
 from edfi_sandbox.app import SandboxApp
 from edfi_sandbox.config import SandboxConfig
 from edfi_sandbox.faults import Churn, FaultConfig, FaultInjector
+from edfi_sandbox.guard import GuardedProtocol
 from edfi_sandbox.store import Store
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,19 @@ def build_model(specs: Iterable[str | Path] | None = None) -> ApiModel:
     from edfi_sandbox.builtin_model import builtin_documents
 
     return ApiModel.from_documents(builtin_documents())
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling when it listens (uvicorn logs it at INFO only, without the sandbox's URLs)."""
+
+    def __init__(self, config: uvicorn.Config, on_listening: Callable[[], None] | None = None) -> None:
+        super().__init__(config)
+        self.on_listening = on_listening
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self.on_listening is not None:
+            self.on_listening()
 
 
 class Sandbox:
@@ -108,11 +122,29 @@ class Sandbox:
     def client_secret(self) -> str:
         return self.config.client_secret
 
+    @property
+    def admin_token(self) -> str:
+        """The token the ``/_sandbox/*`` admin endpoints require (header ``X-Sandbox-Admin-Token``)."""
+        return self.app.admin_token
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"X-Sandbox-Admin-Token": self.app.admin_token}
+
+    def admin(self, method: str, what: str, **kwargs: Any) -> requests.Response:
+        """A request to an admin endpoint (``admin("POST", "snapshots")``), with the admin token."""
+        headers = {**self.admin_headers, **kwargs.pop("headers", {})}
+        return requests.request(method, f"{self.base_url}/_sandbox/{what}", headers=headers,
+                                timeout=kwargs.pop("timeout", 30), **kwargs)
+
     # -- lifecycle -----------------------------------------------------------------------------
     def _uvicorn_config(self) -> uvicorn.Config:
+        c = self.config
         return uvicorn.Config(
             self.app, host=self.host, port=self.port, log_level=self.log_level, access_log=False,
             lifespan="on", timeout_keep_alive=30, backlog=512,
+            # request headers within header_timeout and max_header_bytes (bodies: SandboxApp)
+            http=GuardedProtocol.configured(c.header_timeout, c.max_header_bytes),
         )
 
     def start(self) -> Sandbox:
@@ -130,11 +162,13 @@ class Sandbox:
         assert self._server is not None
         asyncio.run(self._server.serve())
 
-    def serve_forever(self) -> None:
-        """Serve in the foreground until interrupted (the CLI)."""
-        self._server = uvicorn.Server(self._uvicorn_config())
+    def serve_forever(self, sock: socket.socket | None = None,
+                      on_listening: Callable[[], None] | None = None) -> None:
+        """Serve in the foreground until interrupted (the CLI): on ``sock`` when given (bound; uvicorn listens
+        on it), calling ``on_listening`` once the server accepts connections."""
+        self._server = _Server(self._uvicorn_config(), on_listening)
         try:
-            self._server.run()
+            self._server.run(sockets=[sock] if sock is not None else None)
         finally:
             self.close()
 

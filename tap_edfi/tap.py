@@ -27,6 +27,7 @@ from edfi_core.settings import (
     defaults_of,
     make_client,
     retry_properties,
+    validate_config,
     with_defaults,
 )
 from tap_edfi.streams import (
@@ -123,6 +124,10 @@ class TapEdFi(Tap):
     ]
 
     # -- settings and API ---------------------------------------------------------------------------
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """The SDK's validation, without the value of a secret setting in any error (the SDK logs them)."""
+        return validate_config(self, raise_errors=raise_errors)
+
     @cached_property
     def settings(self) -> dict[str, Any]:
         return with_defaults(self.config, DEFAULTS)

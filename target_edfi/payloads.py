@@ -110,17 +110,27 @@ def compile_schema(schema: Any, name: str = "") -> Node:
     return node
 
 
+_NO_VALUE: Any = object()
+
+
 class Problems:
-    """Field path -> messages, collected during one walk."""
+    """Field path -> messages, collected during one walk.
+
+    Messages name the field path and the problem, never the value (source values are student data); the values
+    are kept beside them for :meth:`values_text`, which is for DEBUG logging only.
+    """
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.items: list[tuple[str, str]] = []
+        self.values: dict[str, Any] = {}  # field path -> the offending value (DEBUG only)
         self.descriptors: list[tuple[str, str]] = []  # (field path, value) of well-formed descriptor values
 
-    def add(self, path: str, message: str) -> None:
+    def add(self, path: str, message: str, value: Any = _NO_VALUE) -> None:
         if self.enabled:
             self.items.append((path, message))
+            if value is not _NO_VALUE:
+                self.values[path] = value
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -130,6 +140,10 @@ class Problems:
         if len(self.items) > limit:
             parts.append(f"... and {len(self.items) - limit} more")
         return "; ".join(parts)
+
+    def values_text(self, limit: int = 10) -> str:
+        """The offending values by field path: for DEBUG logs only (they are source data)."""
+        return "; ".join(f"{p}: {v!r}"[:300] for p, v in list(self.values.items())[:limit])
 
 
 def _maybe_json(value: str) -> Any:
@@ -248,12 +262,12 @@ def _check_string(value: str, node: Node, parent: str, key: str | int, problems:
         if m:
             value = m.group(1)
         else:
-            problems.add(_path(parent, key), f"'{value}' is not a date (YYYY-MM-DD)")
+            problems.add(_path(parent, key), "is not a date (YYYY-MM-DD)", value)
     elif fmt == "date-time" and problems.enabled:
         try:
             dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            problems.add(_path(parent, key), f"'{value}' is not a date-time")
+            problems.add(_path(parent, key), "is not a date-time", value)
     if problems.enabled:
         if node.max_length is not None and len(value) > node.max_length:
             problems.add(_path(parent, key), f"is {len(value)} characters long, at most {node.max_length} are allowed")
@@ -263,12 +277,11 @@ def _check_string(value: str, node: Node, parent: str, key: str | int, problems:
         if node.descriptor:
             parts = split_descriptor_uri(value)
             if parts is None or not parts[0].startswith("uri://"):
-                problems.add(_path(parent, key),
-                             f"'{value}' is not a descriptor value (uri://namespace/Name#codeValue)")
+                problems.add(_path(parent, key), "is not a descriptor value (uri://namespace/Name#codeValue)", value)
             else:
                 problems.descriptors.append((_path(parent, key), value))
         if node.enum is not None and value not in node.enum:
-            problems.add(_path(parent, key), f"'{value}' is not one of {list(node.enum)}")
+            problems.add(_path(parent, key), f"is not one of {list(node.enum)}", value)
     return value
 
 
@@ -293,7 +306,7 @@ def _to_integer(value: Any, parent: str, key: str | int, problems: Problems) -> 
                 number = None
             if number is not None and number.is_integer():
                 return int(number)
-    problems.add(_path(parent, key), f"'{value}' is not an integer")
+    problems.add(_path(parent, key), "is not an integer", value)
     return value
 
 
@@ -311,7 +324,7 @@ def _to_number(value: Any, parent: str, key: str | int, problems: Problems) -> A
             return float(text) if any(c in text for c in ".eE") else int(text)
         except ValueError:
             pass
-    problems.add(_path(parent, key), f"'{value}' is not a number")
+    problems.add(_path(parent, key), "is not a number", value)
     return value
 
 
@@ -326,7 +339,7 @@ def _to_boolean(value: Any, parent: str, key: str | int, problems: Problems) -> 
             return False
         if low == "":
             return _DROP
-    problems.add(_path(parent, key), f"'{value}' is not a boolean")
+    problems.add(_path(parent, key), "is not a boolean", value)
     return value
 
 

@@ -37,6 +37,17 @@ logger = logging.getLogger(__name__)
 LOG_INVALID = 1000  # invalid records logged one by one per stream
 
 
+def outline(value: Any, limit: int = 20) -> str:
+    """What a message holds, without the values (source values are student data): its field names, or its type."""
+    if isinstance(value, dict):
+        names = [str(k) for k in list(value)[:limit]]
+        more = f", ... {len(value) - limit} more" if len(value) > limit else ""
+        return f"an object with fields {', '.join(names) or '(none)'}{more}"
+    if isinstance(value, list):
+        return f"an array of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
 def _short(value: Any, limit: int = 300) -> str:
     try:
         text = orjson.dumps(value, default=str).decode()
@@ -233,8 +244,11 @@ class EdFiSink(Sink):
         self.results.fail(path, "invalid", _group(message), example)
         self.invalid += 1
         if self.invalid <= LOG_INVALID:
-            logger.error("stream %s, record %s: not sent: %s", self.stream_name, source_key or _short(record),
+            logger.error("stream %s, record %s: not sent: %s", self.stream_name, source_key or outline(record),
                          message)
+            if logger.isEnabledFor(logging.DEBUG):  # the values only at DEBUG: they are source data
+                logger.debug("stream %s, record %s: values: %s", self.stream_name, source_key or _short(record),
+                             shaped.problems.values_text() or "-")
         elif self.invalid == LOG_INVALID + 1:
             logger.error("stream %s: more invalid records are not logged one by one: see the results and the "
                          "transaction log", self.stream_name)

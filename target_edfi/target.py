@@ -44,13 +44,14 @@ from edfi_core.settings import (
     defaults_of,
     make_client,
     retry_properties,
+    validate_config,
     with_defaults,
 )
 from target_edfi.mapping import StreamMapper
 from target_edfi.payloads import Shaper, TooDeep
 from target_edfi.results import Results
 from target_edfi.sender import Sender, send_order
-from target_edfi.sinks import EdFiSink, Spooler, _short
+from target_edfi.sinks import EdFiSink, Spooler, _short, outline
 from target_edfi.txlog import TransactionLog, open_log
 
 logger = logging.getLogger("target_edfi")
@@ -143,14 +144,17 @@ class TolerantReader(GenericSingerReader[bytes]):
             try:
                 message = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                self.on_bad_line("malformed_json", f"input line {self.line_number} is not JSON ({exc}): "
-                                                   f"{line[:200]!r}")
+                # the line itself only at DEBUG: it may hold source data
+                logger.debug("input line %d: %r", self.line_number, line[:200])
+                self.on_bad_line("malformed_json", f"input line {self.line_number} is not JSON ({exc}; "
+                                                   f"{len(line)} bytes)")
                 continue
             kind = message.get("type") if isinstance(message, dict) else None
             callback = callbacks.get(kind) if isinstance(kind, str) else None
             if callback is None:
+                logger.debug("input line %d: %r", self.line_number, line[:200])
                 self.on_bad_line("unknown_message", f"input line {self.line_number}: not a Singer message: "
-                                                    f"{line[:200]!r}")
+                                                    f"{outline(message)}")
                 continue
             try:
                 callback(message)
@@ -258,6 +262,10 @@ class TargetEdFi(Target):
         PluginBase.append_builtin_config.__func__(cls, config_jsonschema)  # type: ignore[attr-defined]
 
     # -- settings, API, model, log ---------------------------------------------------------------------------
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """The SDK's validation, without the value of a secret setting in any error (the SDK logs them)."""
+        return validate_config(self, raise_errors=raise_errors)
+
     @cached_property
     def settings(self) -> dict[str, Any]:
         return with_defaults(self.config, DEFAULTS)
@@ -343,12 +351,12 @@ class TargetEdFi(Target):
     def _process_record_message(self, message_dict: dict) -> None:
         stream, record = message_dict.get("stream"), message_dict.get("record")
         if not isinstance(stream, str) or not isinstance(record, dict):
-            self._bad_line("bad_record", f"RECORD without a stream name or a record object: {_short(message_dict)}")
+            self._bad_line("bad_record", f"RECORD without a stream name or a record object: {outline(message_dict)}")
             return
         maps = self.mapper_maps(stream)
         if maps is None:
             self._bad_line("record_without_schema",
-                           f"RECORD of stream {stream!r} before its SCHEMA: {_short(record)}")
+                           f"RECORD of stream {stream!r} before its SCHEMA: {outline(record)}")
             return
         version = message_dict.get("version")
         if isinstance(version, int):
@@ -363,7 +371,7 @@ class TargetEdFi(Target):
             sink = self._sinks_active.get(stream_map.stream_alias)
             if not isinstance(sink, EdFiSink):
                 self._bad_line("record_without_schema",
-                               f"RECORD of stream {stream_map.stream_alias!r} before its SCHEMA: {_short(rec)}")
+                               f"RECORD of stream {stream_map.stream_alias!r} before its SCHEMA: {outline(rec)}")
                 continue
             try:
                 sink.spool(rec, version)
@@ -383,7 +391,7 @@ class TargetEdFi(Target):
             logger.debug("no source key for a broken record", exc_info=True)
         reader = self.message_reader
         where = f"input line {reader.line_number}" if isinstance(reader, TolerantReader) else "input"
-        detail = str(exc) if isinstance(exc, TooDeep) else f"{type(exc).__name__}: {str(exc)[:200]}"
+        detail = str(exc) if isinstance(exc, TooDeep) else type(exc).__name__  # the text may quote values: DEBUG only
         self._bad_line("bad_record", f"stream {sink.stream_name!r}, {where}, source key "
                                      f"{source_key or '(none)'}: record not sent: {detail}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,11 @@ import pytest
 import requests
 
 from edfi_sandbox.server import Sandbox
+
+# the plugins share bearer tokens through a cache file by default: tests that do not test the cache get none (a
+# sandbox started later on the same port would be sent the token of an earlier one); tests/test_token_cache.py
+# sets token_cache itself
+os.environ.setdefault("EDFI_SINGER_TOKEN_CACHE", "off")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "edfi"

@@ -72,12 +72,13 @@ def test_dropped_connections(sb) -> None:
 def test_faults_over_http_admin(sb) -> None:
     url = sb.base_url + "/_sandbox/faults"
     api = Api(sb)
-    assert requests.put(url, json={"rate_503": 1}, timeout=5).json()["rate_503"] == 1
+    admin = sb.admin_headers
+    assert requests.put(url, json={"rate_503": 1}, headers=admin, timeout=5).json()["rate_503"] == 1
     assert api.get("/ed-fi/students").status_code == 503
-    assert requests.put(url, json={"rate_503": 0}, timeout=5).status_code == 200
-    assert requests.put(url, json={"nope": 1}, timeout=5).status_code == 400
-    assert requests.put(url, json={"rate_500": 2}, timeout=5).status_code == 400
-    stats = requests.get(sb.base_url + "/_sandbox/stats", timeout=5).json()
+    assert requests.put(url, json={"rate_503": 0}, headers=admin, timeout=5).status_code == 200
+    assert requests.put(url, json={"nope": 1}, headers=admin, timeout=5).status_code == 400
+    assert requests.put(url, json={"rate_500": 2}, headers=admin, timeout=5).status_code == 400
+    stats = sb.admin("GET", "stats", timeout=5).json()
     assert stats["faultsInjected"]["503"] >= 1
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import requests
 
 from tests.conftest import VERSIONS, Api, load_basics, student
 
@@ -36,7 +35,7 @@ def test_no_snapshot(api: Api) -> None:
 
 
 def test_snapshot_reads_see_the_past(api: Api) -> None:
-    taken = requests.post(api.sb.base_url + "/_sandbox/snapshots", timeout=30)
+    taken = api.sb.admin("POST", "snapshots")
     assert taken.status_code == 201
     ident = taken.json()["snapshotIdentifier"]
     before = api.newest()
@@ -69,5 +68,6 @@ def test_snapshot_cli(make_sandbox) -> None:
     from edfi_sandbox.cli import main
 
     sb = make_sandbox("6.1")
-    assert main(["snapshot", "--url", sb.base_url]) == 0
+    assert main(["snapshot", "--url", sb.base_url]) == 1  # without the admin token
+    assert main(["snapshot", "--url", sb.base_url, "--admin-token", sb.admin_token]) == 0
     assert len(sb.store.snapshots) == 1

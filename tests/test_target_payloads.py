@@ -84,8 +84,9 @@ def test_validation_names_field_paths(model: ApiModel) -> None:
     })
     assert not shaped.ok
     problems = dict(shaped.problems.items)
-    assert problems["$.entryDate"] == "'20 August' is not a date (YYYY-MM-DD)"
-    assert problems["$.schoolReference.schoolId"] == "'abc' is not an integer"
+    assert problems["$.entryDate"] == "is not a date (YYYY-MM-DD)"  # the path and the problem, not the value
+    assert problems["$.schoolReference.schoolId"] == "is not an integer"
+    assert shaped.problems.values["$.entryDate"] == "20 August"  # kept for DEBUG logs only
     assert problems["$.studentReference.studentUniqueId"] == "is required"
     assert "not a descriptor value" in problems["$.entryGradeLevelDescriptor"]
     assert problems["$.nickname"] == "is not a property of this resource"
