@@ -57,7 +57,10 @@ class Spooler:
         self.failures: list[tuple] = []
         self.superseded: list[tuple[str, str, str]] = []
         self.next_seq = log.max_seq(target) + 1
+        self.first_seq = self.next_seq + 1  # rows spooled by this run have seq >= first_seq
         self.spooled = 0
+        #: (resource, key hash) of records that failed validation in this run -> the record, named
+        self.failed_keys: dict[tuple[str, str], str] = {}
         self._last_log = time.monotonic()
 
     def seq(self) -> int:
@@ -158,7 +161,7 @@ class EdFiSink(Sink):
         self.tally_record_read()
         self.record_counter_metric.increment()
         self.results.stream_record(self.stream_name, path)
-        self.results.add(path, "records")
+        self.results.add(path, "key_change_rows" if route.kind == KEY_CHANGES else "records")
         if route.kind == ITEMS:
             if record.get(DELETED_AT):
                 self._delete(record, self.shaper.key_only(record), version)
@@ -238,6 +241,9 @@ class EdFiSink(Sink):
             row = (spooler.target, path, shaped.key_hash, shaped.key_text, None, None, None, None, False,
                    "invalid", None, message[:2000], 0, version, spooler.run_id, None, None, None,
                    self.target.log.now())
+            if not deleting and len(spooler.failed_keys) < 100_000:
+                spooler.failed_keys[(path, shaped.key_hash)] = (f"stream {self.stream_name}, source key "
+                                                                f"{source_key}: invalid")
         spooler.fail(row, (spooler.target, self.stream_name, source_key) if source_key else None)
 
 

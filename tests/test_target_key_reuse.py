@@ -1,0 +1,243 @@
+"""Natural keys reused within one run: swaps, chains and cycles of key changes, a new item taking the old key of one
+that moved, one natural key from two source items, and key changes with ``delete_missing`` (issue 9, cases 1, 2
+and 8); 409 reports that name the right record (case 7).
+
+The rule these tests hold target-edfi to: after one run the API holds what the source holds, and no DELETE is ever
+sent for an Ed-Fi id the transaction log maps to a live source item.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from edfi_sandbox.server import Sandbox
+from tests.conftest import Api
+from tests.tap_support import run_tap, tap_config
+from tests.target_support import (
+    TARGET,
+    RequestCounter,
+    content,
+    diff_content,
+    run_target,
+    singer_messages,
+    target_config,
+)
+
+GRADE = "uri://ed-fi.org/GradeLevelDescriptor"
+CATEGORY = "uri://ed-fi.org/EducationOrganizationCategoryDescriptor"
+CLASS_PERIODS, STUDENTS = "/ed-fi/classPeriods", "/ed-fi/students"
+
+
+def base_records() -> list[tuple[str, dict[str, Any]]]:
+    """Descriptors and one school: what class periods and enrollments need."""
+    return [
+        ("gradeLevelDescriptors", {"namespace": GRADE, "codeValue": "Ninth grade", "shortDescription": "9"}),
+        ("gradeLevelDescriptors", {"namespace": GRADE, "codeValue": "Tenth grade", "shortDescription": "10"}),
+        ("educationOrganizationCategoryDescriptors", {"namespace": CATEGORY, "codeValue": "School",
+                                                      "shortDescription": "School"}),
+        ("schools", {"schoolId": 1, "nameOfInstitution": "School 1",
+                     "educationOrganizationCategories": [
+                         {"educationOrganizationCategoryDescriptor": f"{CATEGORY}#School"}],
+                     "gradeLevels": [{"gradeLevelDescriptor": f"{GRADE}#Ninth grade"}]}),
+    ]
+
+
+def class_period(row: int, name: str) -> tuple[str, dict[str, Any]]:
+    """Class period of vendor row ``row`` (its start time says which row it is) under the name ``name``."""
+    hour = f"{7 + row:02d}"
+    return ("classPeriods", {"period_id": f"CP{row}", "classPeriodName": name, "schoolReference": {"schoolId": 1},
+                             "meetingTimes": [{"startTime": f"{hour}:00:00", "endTime": f"{hour}:50:00"}]})
+
+
+def student(row: int, uid: str) -> tuple[str, dict[str, Any]]:
+    """Student of vendor row ``row`` (its first name says which row it is) under the unique id ``uid``."""
+    return ("students", {"student_id": f"ST{row}", "studentUniqueId": uid, "firstName": f"Row{row}",
+                         "lastSurname": "Key", "birthDate": "2010-05-01"})
+
+
+KEYS = {"classPeriods": ["period_id"], "students": ["student_id"]}
+
+#: vendor row -> natural key, before and after: a swap (1, 2), a chain (3: P3->P4, 4: P4->P5), a cycle (5, 6, 7),
+#: a move (8: P9->P10) whose old key a new row (9) takes
+BEFORE = {1: "1", 2: "2", 3: "3", 4: "4", 5: "6", 6: "7", 7: "8", 8: "9"}
+AFTER = {1: "2", 2: "1", 3: "4", 4: "5", 5: "7", 6: "8", 7: "6", 8: "10", 9: "9"}
+
+
+def messages(records: list[tuple[str, dict[str, Any]]], seed: int | None = None, **kwargs: Any) -> bytes:
+    records = list(records)
+    if seed is not None:
+        random.Random(seed).shuffle(records)
+    return singer_messages(base_records() + records, key_properties=KEYS, **kwargs)
+
+
+def names(sb: Sandbox, path: str, key: str, tag: Any) -> dict[str, Any]:
+    """Natural key field -> what says which vendor row the item came from."""
+    return {doc[key]: tag(doc) for doc in sb.store.iter_docs(path)}
+
+
+def assert_log_consistent(log: Path, sb: Sandbox, path: str, key: str) -> None:
+    """Every live row of the log names an item the API has under that natural key; no Ed-Fi id and no source item
+    twice."""
+    with sqlite3.connect(log) as db:
+        rows = db.execute("SELECT natural_key, edfi_id, source_key FROM transaction_log WHERE resource = ? "
+                          "AND NOT deleted AND edfi_id IS NOT NULL", (path,)).fetchall()
+    by_id = {doc["id"]: doc for doc in sb.store.iter_docs(path)}
+    assert len({edfi_id for _, edfi_id, _ in rows}) == len(rows)
+    owners = [source for _, _, source in rows if source is not None]
+    assert len(set(owners)) == len(owners)
+    for natural_key, edfi_id, _ in rows:
+        assert edfi_id in by_id, f"the log maps {natural_key} to {edfi_id}, which the API does not have"
+        assert by_id[edfi_id][key] == orjson.loads(natural_key)[key]
+    assert len(rows) == len(by_id)
+
+
+def test_swaps_chains_and_cycles_of_key_updatable_items(make_sandbox: Any, tmp_path: Path) -> None:
+    """classPeriods (key-updatable, the PUT path): items are PUT to their new keys in an order in which no key is
+    taken twice (a chain from its end); cycles, whose every new key is held by another moving item, are POSTed in
+    place. Nothing is deleted."""
+    sb = make_sandbox("7.3")
+    counter = RequestCounter(sb)
+    config = target_config(sb, tmp_path / "log.db")
+    first = [class_period(row, f"P{name}") for row, name in BEFORE.items()]
+    assert run_target(config, messages(first)).exit_code == 0
+    assert names(sb, CLASS_PERIODS, "classPeriodName", lambda d: d["meetingTimes"][0]["startTime"]) == {
+        f"P{name}": f"{7 + row:02d}:00:00" for row, name in BEFORE.items()}
+
+    second = messages([class_period(row, f"P{name}") for row, name in AFTER.items()], seed=3)
+    counter.reset()
+    run = run_target(config, second)
+    assert run.exit_code == 0, run.results
+    assert names(sb, CLASS_PERIODS, "classPeriodName", lambda d: d["meetingTimes"][0]["startTime"]) == {
+        f"P{name}": f"{7 + row:02d}:00:00" for row, name in AFTER.items()}
+    # the chain's end and the move first (PUT), then its other link (PUT); the swap and the cycle in place (POST);
+    # the new row at the old key of the move (POST, created)
+    assert counter.counts == {"PUT": 3, "POST": 2 + 3 + 1}
+    assert counter.statuses[("POST", 201)] == 1
+    cp = run.resource(CLASS_PERIODS)
+    assert cp["key_changes"] == 8 and cp["created"] == 1 and cp["failed"] == 0
+    assert run.totals["unaccounted"] == 0
+    assert_log_consistent(tmp_path / "log.db", sb, CLASS_PERIODS, "classPeriodName")
+
+    counter.reset()
+    assert run_target(config, second).exit_code == 0
+    assert counter.writes == 0  # the log knows where every item is
+
+
+def test_swaps_chains_and_cycles_by_post_and_delete(make_sandbox: Any, tmp_path: Path) -> None:
+    """students (not key-updatable: POST the new key, DELETE the old item): an old key another record of the run
+    takes is overwritten in place, never deleted; only the key nobody takes any more (the chain's start) is."""
+    sb = make_sandbox("7.3")
+    counter = RequestCounter(sb)
+    config = target_config(sb, tmp_path / "log.db")
+    assert run_target(config, messages([student(row, f"U{uid}") for row, uid in BEFORE.items()])).exit_code == 0
+
+    second = messages([student(row, f"U{uid}") for row, uid in AFTER.items()], seed=5)
+    counter.reset()
+    run = run_target(config, second)
+    assert run.exit_code == 0, run.results
+    assert names(sb, STUDENTS, "studentUniqueId", lambda d: d["firstName"]) == {
+        f"U{uid}": f"Row{row}" for row, uid in AFTER.items()}
+    assert counter.counts == {"POST": 9, "DELETE": 1}  # the item at U3, which no source item has any more
+    st = run.resource(STUDENTS)
+    assert st["key_changes"] == 8 and st["old_items_deleted"] == 1 and st["failed"] == 0
+    assert run.totals["unaccounted"] == 0
+    assert_log_consistent(tmp_path / "log.db", sb, STUDENTS, "studentUniqueId")
+
+    counter.reset()
+    assert run_target(config, second).exit_code == 0
+    assert counter.writes == 0
+
+
+def test_enrollments_that_swap_entry_dates_through_a_temporary_date_replicate(make_sandbox: Any,
+                                                                              tmp_path: Path) -> None:
+    """Ed-Fi to Ed-Fi: in the source two enrollments of one student swap their entry dates through a temporary date
+    (three PUTs); tap-edfi's key changes say first old and last new key of each; B ends equal to A."""
+    a = make_sandbox("7.3", seed=2)
+    b = make_sandbox("7.3")
+    counter = RequestCounter(b)
+    config = target_config(b, tmp_path / "log.db")
+    api = Api(a)
+    first_doc = next(iter(a.store.iter_docs("/ed-fi/studentSchoolAssociations")))
+    second_doc = {k: v for k, v in first_doc.items() if k not in ("id", "_etag", "_lastModifiedDate")}
+    second_doc["entryDate"] = "2019-08-19"
+    second_doc["primarySchool"] = not first_doc.get("primarySchool", False)  # tells the two apart
+    assert api.post("/ed-fi/studentSchoolAssociations", second_doc).status_code == 201
+    first = run_tap(tap_config(a))
+    assert run_target(config, first.raw).exit_code == 0
+    assert diff_content(content(a), content(b)) == []
+
+    docs = [d for d in a.store.iter_docs("/ed-fi/studentSchoolAssociations")
+            if d["studentReference"] == first_doc["studentReference"] and d["schoolReference"] ==
+            first_doc["schoolReference"]]
+    e1, e2 = sorted(docs, key=lambda d: d["entryDate"])[:2]
+
+    def put(doc: dict[str, Any], entry_date: str) -> None:
+        body = {k: v for k, v in doc.items() if k not in ("id", "_etag", "_lastModifiedDate")}
+        body["entryDate"] = entry_date
+        assert api.put(f"/ed-fi/studentSchoolAssociations/{doc['id']}", body).status_code == 204
+
+    put(e1, "1999-01-01")  # the temporary date
+    put(e2, e1["entryDate"])
+    put(e1, e2["entryDate"])
+    second = run_tap(tap_config(a), state=first.last_state)
+    counter.reset()
+    run = run_target(config, second.raw)
+    assert run.exit_code == 0, run.results
+    assert diff_content(content(a), content(b)) == []
+    assert counter.counts["DELETE"] == 0 and run.totals["failed_all"] == 0
+
+    counter.reset()
+    assert run_target(config, second.raw).exit_code == 0
+    assert counter.writes == 0
+
+
+def test_kill_9_during_a_swap_then_rerun(make_sandbox: Any, tmp_path: Path) -> None:
+    """150 pairs of students swap their unique ids; the run is killed with SIGKILL halfway; the rerun of the same
+    input ends with the source's content, and no DELETE was sent at any point."""
+    sb = make_sandbox("7.3")
+    counter = RequestCounter(sb)
+    log = tmp_path / "log.db"
+    pairs = 150
+    before = [student(row, f"U{row}") for row in range(2 * pairs)]
+    after = [student(row, f"U{row + 1 if row % 2 == 0 else row - 1}") for row in range(2 * pairs)]
+    assert run_target(target_config(sb, log), messages(before)).exit_code == 0
+    data = tmp_path / "swap.jsonl"
+    data.write_bytes(messages(after, seed=11, state={"swapped": True}))
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(target_config(sb, log, max_workers=2)))
+    sb.set_faults(latency_ms=20)
+    counter.reset()
+    with data.open("rb") as stdin:
+        proc = subprocess.Popen([TARGET, "--config", str(cfg)], stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while counter.counts["POST"] < pairs and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+    assert out == b""
+    time.sleep(0.5)  # what was in flight lands
+    sent = counter.counts["POST"]
+    assert 0 < sent < 2 * pairs, "the kill came too early or too late to test anything"
+    sb.clear_faults()
+    proc = subprocess.run([TARGET, "--config", str(cfg)], input=data.read_bytes(), capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert json.loads(proc.stdout) == {"swapped": True}  # STATE, once everything was applied
+    assert names(sb, STUDENTS, "studentUniqueId", lambda d: d["firstName"]) == {
+        rec["studentUniqueId"]: rec["firstName"] for _, rec in after}
+    assert counter.counts["DELETE"] == 0
+    assert_log_consistent(log, sb, STUDENTS, "studentUniqueId")
+    counter.reset()
+    assert subprocess.run([TARGET, "--config", str(cfg)], input=data.read_bytes(), capture_output=True,
+                          timeout=300).returncode == 0
+    assert counter.writes == 0
