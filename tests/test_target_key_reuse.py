@@ -241,3 +241,94 @@ def test_kill_9_during_a_swap_then_rerun(make_sandbox: Any, tmp_path: Path) -> N
     assert subprocess.run([TARGET, "--config", str(cfg)], input=data.read_bytes(), capture_output=True,
                           timeout=300).returncode == 0
     assert counter.writes == 0
+
+
+# -- case 2: one natural key from two source items ------------------------------------------------------------------
+def duplicate_input(pairs: int, seed: int) -> tuple[bytes, dict[str, str]]:
+    """Two vendor rows per unique id, in a shuffled order; and the first name of the row that comes last."""
+    records = []
+    for i in range(pairs):
+        for side in ("A", "B"):
+            records.append(("students", {"student_id": f"{side}{i}", "studentUniqueId": f"D{i}",
+                                         "firstName": f"{side}{i}", "lastSurname": "Twice", "birthDate": "2010-05-01"}))
+    random.Random(seed).shuffle(records)
+    last = {rec["studentUniqueId"]: rec["firstName"] for _, rec in records}
+    return singer_messages(base_records() + records, key_properties=KEYS), last
+
+
+def test_one_natural_key_from_two_source_items_the_last_wins(make_sandbox: Any, tmp_path: Path) -> None:
+    sb = make_sandbox("7.3")
+    counter = RequestCounter(sb)
+    config = target_config(sb, tmp_path / "log.db")
+    data, last = duplicate_input(200, seed=1)
+    run = run_target(config, data)
+    assert run.exit_code == 0, run.results
+    assert names(sb, STUDENTS, "studentUniqueId", lambda d: d["firstName"]) == last  # the last in input order
+    st = run.resource(STUDENTS)
+    assert st["duplicates"] == 200 and st["created"] == 200 and st["failed"] == 0
+    assert counter.counts["POST"] == 4 + 200  # descriptors and the school, then one POST per natural key
+    (example, *_) = st["duplicate_examples"]
+    assert example["natural_key"]["studentUniqueId"].startswith("D") and len(example["source_keys"]) == 2
+    assert example["sent"] == f"students {json.dumps({'student_id': last[example['natural_key']['studentUniqueId']]}, separators=(',', ':'))}"
+    totals = run.totals
+    assert totals["records"] == 4 + 400
+    assert totals["records"] == sum(totals[k] for k in ("created", "updated", "key_changes", "deleted",
+                                                        "already_deleted", "superseded", "skipped_unchanged",
+                                                        "failed", "duplicates"))
+    assert totals["unaccounted"] == 0
+
+    for _ in range(2):  # the same input again: nothing flips, nothing is written
+        counter.reset()
+        run = run_target(config, data)
+        assert run.exit_code == 0
+        assert counter.writes == 0
+        assert names(sb, STUDENTS, "studentUniqueId", lambda d: d["firstName"]) == last
+        assert run.resource(STUDENTS)["duplicates"] == 200 and run.totals["unaccounted"] == 0
+
+
+def test_duplicate_keys_fail_makes_them_named_failures(make_sandbox: Any, tmp_path: Path) -> None:
+    sb = make_sandbox("7.3")
+    data, _ = duplicate_input(20, seed=2)
+    single = singer_messages([student(1, "U1")], key_properties=KEYS)
+    run = run_target(target_config(sb, tmp_path / "log.db", duplicate_keys="fail"), data + single)
+    assert run.exit_code == 1
+    assert names(sb, STUDENTS, "studentUniqueId", lambda d: d["firstName"]) == {"U1": "Row1"}
+    st = run.resource(STUDENTS)
+    assert st["failed"] == 40 and st["duplicates"] == 0 and st["created"] == 1
+    (group,) = st["failures"]
+    assert group["status"] == "duplicate" and "duplicate_keys is fail" in group["message"]
+    assert run.totals["unaccounted"] == 0
+
+
+# -- case 8: a key change with delete_missing -----------------------------------------------------------------------
+def test_key_change_with_delete_missing_deletes_the_old_item_once(make_sandbox: Any, tmp_path: Path) -> None:
+    sb = make_sandbox("7.3")
+    counter = RequestCounter(sb)
+    log = tmp_path / "log.db"
+    config = target_config(sb, log, delete_missing=True)
+
+    def full_table(records: list[tuple[str, dict[str, Any]]], version: int) -> bytes:
+        streams = sorted({s for s, _ in records})
+        data = singer_messages(records, key_properties=KEYS, versions={s: version for s in streams})
+        return data + b"".join(orjson.dumps({"type": "ACTIVATE_VERSION", "stream": s, "version": version}) + b"\n"
+                               for s in streams)
+
+    base = singer_messages(base_records())
+    v1 = [student(1, "U1"), student(2, "U2"), student(3, "U3"), class_period(1, "P1"), class_period(2, "P2")]
+    assert run_target(config, base + full_table(v1, 1)).exit_code == 0
+    # row 2 changes its unique id (POST and DELETE), row 3 is gone from the source, class period 1 is renamed (PUT)
+    v2 = [student(1, "U1"), student(2, "U2x"), class_period(1, "P1x"), class_period(2, "P2")]
+    counter.reset()
+    run = run_target(config, base + full_table(v2, 2))
+    assert run.exit_code == 0, run.results
+    assert names(sb, STUDENTS, "studentUniqueId", lambda d: d["firstName"]) == {"U1": "Row1", "U2x": "Row2"}
+    assert set(names(sb, CLASS_PERIODS, "classPeriodName", lambda d: d)) == {"P1x", "P2"}
+    assert counter.counts == {"POST": 1, "PUT": 1, "DELETE": 2}  # U2's old item and U3, each once
+    assert counter.statuses[("DELETE", 204)] == 2
+    with sqlite3.connect(log) as db:
+        status = dict(db.execute("SELECT natural_key, status FROM transaction_log WHERE resource = ?", (STUDENTS,)))
+    assert status == {'{"studentUniqueId":"U1"}': "created", '{"studentUniqueId":"U2"}': "deleted",
+                      '{"studentUniqueId":"U2x"}': "key_changed", '{"studentUniqueId":"U3"}': "deleted"}
+    st = run.resource(STUDENTS)
+    assert st["key_changes"] == 1 and st["old_items_deleted"] == 1 and st["missing_deleted"] == 1
+    assert run.totals["unaccounted"] == 0 and run.totals["failed_all"] == 0
