@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from edfi_sandbox.server import Sandbox
 from tests.conftest import Api
@@ -333,3 +334,66 @@ def test_key_change_with_delete_missing_deletes_the_old_item_once(make_sandbox: 
     st = run.resource(STUDENTS)
     assert st["key_changes"] == 1 and st["old_items_deleted"] == 1 and st["missing_deleted"] == 1
     assert run.totals["unaccounted"] == 0 and run.totals["failed_all"] == 0
+
+
+# -- case 7: 409 reports that name the right record ------------------------------------------------------------------
+def enrollment(uid: str, entry_date: str = "2024-08-20", **extra: Any) -> tuple[str, dict[str, Any]]:
+    return ("studentSchoolAssociations", {"studentReference": {"studentUniqueId": uid},
+                                          "schoolReference": {"schoolId": 1}, "entryDate": entry_date,
+                                          "entryGradeLevelDescriptor": f"{GRADE}#Ninth grade", **extra})
+
+
+def test_a_missing_parent_is_named_after_checking_the_others_and_the_api_message_is_kept(
+        make_sandbox: Any, tmp_path: Path) -> None:
+    """The school and the school year were loaded by someone else (the log does not know them, the API has them):
+    only the student, which the API does not have, is named; the API's own message is kept."""
+    sb = make_sandbox("7.3")
+    api = Api(sb)
+    for stream, rec in base_records():
+        path = "/ed-fi/schools" if stream == "schools" else f"/ed-fi/{stream}"
+        assert api.post(path, rec).status_code == 201
+    assert api.post("/ed-fi/schoolYearTypes", {"schoolYear": 2025, "currentSchoolYear": True,
+                                               "schoolYearDescription": "2024-2025"}).status_code == 201
+    data = singer_messages([enrollment("GHOST", schoolYearTypeReference={"schoolYear": 2025})])
+    log = tmp_path / "log.db"
+    run = run_target(target_config(sb, log), data)
+    assert run.exit_code == 1
+    (group,) = run.resource("/ed-fi/studentSchoolAssociations")["failures"]
+    assert group["status"] == "409"
+    assert group["message"] == "unresolved reference: not in the target: studentReference (student)"
+    (said,) = group["api_messages"]
+    assert "Student" in said and "does not exist" in said  # the API's words
+    with sqlite3.connect(log) as db:
+        (message,) = db.execute("SELECT message FROM transaction_log WHERE status = 'failed'").fetchone()
+    assert 'studentReference (student {"studentUniqueId":"GHOST"})' in message
+    assert "schoolReference" not in message and "schoolYearTypeReference" not in message
+    assert said in message
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_records_whose_parent_failed_in_this_run_fail_at_once_naming_it(validate: bool, make_sandbox: Any,
+                                                                        tmp_path: Path) -> None:
+    """A student that failed (invalid here, or rejected by the API without ``validate``): its enrollments are not
+    sent and not deferred; each fails as a dependent of that student's record, named."""
+    sb = make_sandbox("7.3")
+    counter = RequestCounter(sb)
+    bad = ("students", {"student_id": "ST1", "studentUniqueId": "S1", "firstName": "Bad", "lastSurname": "Date",
+                        "birthDate": "31/12/2010"})
+    records = [bad, student(2, "S2"), *(enrollment("S1", f"2024-08-2{i}") for i in range(3)), enrollment("S2")]
+    run = run_target(target_config(sb, tmp_path / "log.db", validate=validate),
+                     singer_messages(base_records() + records, key_properties=KEYS))
+    assert run.exit_code == 1
+    assert sb.store.count("/ed-fi/studentSchoolAssociations") == 1
+    ssa = run.resource("/ed-fi/studentSchoolAssociations")
+    assert ssa["failed"] == 3 and ssa["deferred"] == 0 and ssa["created"] == 1
+    assert counter.counts["POST"] == 4 + (1 if validate else 2) + 1  # base, the student(s), S2's enrollment
+    (group,) = ssa["failures"]
+    assert group["message"] == "studentReference: the referenced student failed in this run"
+    assert len(group["examples"]) == 3
+    assert run.totals["unaccounted"] == 0
+    with sqlite3.connect(tmp_path / "log.db") as db:
+        messages = [m for (m,) in db.execute("SELECT message FROM transaction_log WHERE resource = ? AND status = "
+                                             "'failed'", ("/ed-fi/studentSchoolAssociations",))]
+    assert len(messages) == 3
+    assert all('the referenced student {"studentUniqueId":"S1"} failed in this run (stream students, source key '
+               '{"student_id":"ST1"}' in m for m in messages), messages
