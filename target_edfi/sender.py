@@ -251,6 +251,8 @@ class Sender:
         self._deleted_ids: set[str] = set()  # Ed-Fi ids deleted in this run
         self._unresolved: dict[tuple[str, str], str] = {}  # the API's message of a deferred record's last 409
         self._found: dict[tuple[str, str], bool] = {}  # references looked up in the target, per run
+        self._waiting: set[tuple[str, str]] = set()  # records deferred (409) while their key changes are planned
+        self._blocked: dict[tuple[str, str], str] = {}  # key changes waiting for another item to leave their key
 
     # -- driving -------------------------------------------------------------------------------------
     def apply(self, activations: dict[str, int] | None = None) -> None:
@@ -398,11 +400,30 @@ class Sender:
                 for row in pending:
                     self._plan_upsert(res, row, how="post")
                 return
+            self._waiting = set()
             for row in ready:
                 self._plan_upsert(res, row, how="put")
             self._barrier()
             sent = {id(row) for row in ready}
             pending = [row for row in pending if id(row) not in sent]
+            # an item that could not move yet (deferred: a reference it needs is not there) still holds its old
+            # key: what would move into that key waits for the next pass too
+            held = {row.by_source.key_hash: row for row in ready
+                    if row.by_source is not None and (row.stream, row.source_key) in self._waiting}
+            while held:
+                blocked = [row for row in pending if row.key_hash in held]
+                for row in blocked:
+                    holder = held[row.key_hash]
+                    self._blocked[(row.stream, row.source_key)] = (
+                        f"key change not sent: its new natural key is held by the item of stream {holder.stream}, "
+                        f"source key {holder.source_key}, whose own key change waits for a reference")
+                held = {row.by_source.key_hash: row for row in blocked if row.by_source is not None}
+                for row in blocked:
+                    self.results.add(res.path, "deferred")
+                    self._pending.bumps.append((self.target, row.stream, row.source_key))
+                    self._deferred_rows += 1
+                gone = {id(row) for row in blocked}
+                pending = [row for row in pending if id(row) not in gone]
 
     def _plan_upsert(self, res: Resource, row: WorkRow, how: str | None = None) -> None:
         if how is None and row.unchanged:
@@ -702,6 +723,7 @@ class Sender:
         op, row, res = out.op, out.op.row, out.op.resource
         if out.kind == "unresolved":
             self._unresolved[(row.stream, row.source_key)] = out.message[:500]
+            self._waiting.add((row.stream, row.source_key))
             self.results.add(res.path, "deferred")
             self._pending.bumps.append((self.target, row.stream, row.source_key))
             self._deferred_rows += 1
@@ -805,6 +827,13 @@ class Sender:
                     if not rows:
                         break
                     for row in rows:
+                        blocked = self._blocked.get((row.stream, row.source_key))
+                        if blocked and (row.stream, row.source_key) not in self._unresolved:
+                            self._fail(res, row, 409, blocked, row.key_hash, row.natural_key, attempts=row.passes,
+                                       group="key change not sent: its new natural key is held by an item whose "
+                                             "own key change waits for a reference")
+                            self._done += 1
+                            continue
                         detail, group = self._missing_reference(res, row)
                         said = self._unresolved.get((row.stream, row.source_key))
                         if said:

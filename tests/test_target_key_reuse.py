@@ -134,6 +134,29 @@ def test_swaps_chains_and_cycles_of_key_updatable_items(make_sandbox: Any, tmp_p
     assert counter.writes == 0  # the log knows where every item is
 
 
+def test_a_key_change_that_waits_holds_its_key_for_the_chain_behind_it(make_sandbox: Any, tmp_path: Path) -> None:
+    """Chain P3->P4, P4->(P5 in school 2): school 2 never comes, so the end of the chain cannot move; P3's item
+    must then not take P4 by overwriting the item still there: both stay as they are, both are reported."""
+    sb = make_sandbox("7.3")
+    counter = RequestCounter(sb)
+    config = target_config(sb, tmp_path / "log.db")
+    assert run_target(config, messages([class_period(3, "P3"), class_period(4, "P4")])).exit_code == 0
+    moved = class_period(4, "P5")
+    moved[1]["schoolReference"] = {"schoolId": 2}
+    counter.reset()
+    run = run_target(config, messages([class_period(3, "P4"), moved]))
+    assert run.exit_code == 1
+    assert names(sb, CLASS_PERIODS, "classPeriodName", lambda d: d["meetingTimes"][0]["startTime"]) == {
+        "P3": "10:00:00", "P4": "11:00:00"}  # nothing lost, nothing overwritten
+    assert counter.counts == {"PUT": 3, "GET": 1}  # the end of the chain once per pass; school 2 looked up
+    cp = run.resource(CLASS_PERIODS)
+    assert cp["failed"] == 2 and cp["key_changes"] == 0
+    messages_ = sorted(g["message"] for g in cp["failures"])
+    assert messages_[0].startswith("key change not sent: its new natural key is held by an item whose own key")
+    assert messages_[1] == "unresolved reference: not in the target: schoolReference (school)"
+    assert_log_consistent(tmp_path / "log.db", sb, CLASS_PERIODS, "classPeriodName")
+
+
 def test_swaps_chains_and_cycles_by_post_and_delete(make_sandbox: Any, tmp_path: Path) -> None:
     """students (not key-updatable: POST the new key, DELETE the old item): an old key another record of the run
     takes is overwritten in place, never deleted; only the key nobody takes any more (the chain's start) is."""
