@@ -15,6 +15,8 @@ import signal
 import sqlite3
 import subprocess
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from tests.target_support import (
     singer_messages,
     target_config,
 )
+from tests.test_target_txlog import PG_URL, open_from, postgres_up, rows
 
 GRADE = "uri://ed-fi.org/GradeLevelDescriptor"
 CATEGORY = "uri://ed-fi.org/EducationOrganizationCategoryDescriptor"
@@ -68,6 +71,22 @@ def student(row: int, uid: str) -> tuple[str, dict[str, Any]]:
 
 KEYS = {"classPeriods": ["period_id"], "students": ["student_id"]}
 
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A transaction log on SQLite, then on PostgreSQL (in a schema of its own)."""
+    if request.param == "sqlite":
+        yield {"transaction_log": str(tmp_path / "log.db")}
+        return
+    if not postgres_up():
+        pytest.skip("no PostgreSQL at 127.0.0.1:5432 (database test)")
+    import psycopg
+
+    schema = f"target_edfi_keys_{uuid.uuid4().hex[:10]}"
+    yield {"transaction_log": PG_URL, "transaction_log_schema": schema}
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
 #: vendor row -> natural key, before and after: a swap (1, 2), a chain (3: P3->P4, 4: P4->P5), a cycle (5, 6, 7),
 #: a move (8: P9->P10) whose old key a new row (9) takes
 BEFORE = {1: "1", 2: "2", 3: "3", 4: "4", 5: "6", 6: "7", 7: "8", 8: "9"}
@@ -86,12 +105,20 @@ def names(sb: Sandbox, path: str, key: str, tag: Any) -> dict[str, Any]:
     return {doc[key]: tag(doc) for doc in sb.store.iter_docs(path)}
 
 
-def assert_log_consistent(log: Path, sb: Sandbox, path: str, key: str) -> None:
+def log_rows(log: Path | dict[str, str], sql: str, params: tuple = ()) -> list[tuple]:
+    """Rows of a query on the transaction log (a SQLite file, or the settings of any log)."""
+    opened = open_from(log if isinstance(log, dict) else {"transaction_log": str(log)})
+    try:
+        return rows(opened, sql, params)
+    finally:
+        opened.close()
+
+
+def assert_log_consistent(log: Path | dict[str, str], sb: Sandbox, path: str, key: str) -> None:
     """Every live row of the log names an item the API has under that natural key; no Ed-Fi id and no source item
     twice."""
-    with sqlite3.connect(log) as db:
-        rows = db.execute("SELECT natural_key, edfi_id, source_key FROM transaction_log WHERE resource = ? "
-                          "AND NOT deleted AND edfi_id IS NOT NULL", (path,)).fetchall()
+    rows = log_rows(log, "SELECT natural_key, edfi_id, source_key FROM {p}transaction_log WHERE resource = ? "
+                         "AND NOT deleted AND edfi_id IS NOT NULL", (path,))
     by_id = {doc["id"]: doc for doc in sb.store.iter_docs(path)}
     assert len({edfi_id for _, edfi_id, _ in rows}) == len(rows)
     owners = [source for _, _, source in rows if source is not None]
@@ -157,12 +184,12 @@ def test_a_key_change_that_waits_holds_its_key_for_the_chain_behind_it(make_sand
     assert_log_consistent(tmp_path / "log.db", sb, CLASS_PERIODS, "classPeriodName")
 
 
-def test_swaps_chains_and_cycles_by_post_and_delete(make_sandbox: Any, tmp_path: Path) -> None:
+def test_swaps_chains_and_cycles_by_post_and_delete(make_sandbox: Any, log_settings: dict[str, str]) -> None:
     """students (not key-updatable: POST the new key, DELETE the old item): an old key another record of the run
     takes is overwritten in place, never deleted; only the key nobody takes any more (the chain's start) is."""
     sb = make_sandbox("7.3")
     counter = RequestCounter(sb)
-    config = target_config(sb, tmp_path / "log.db")
+    config = target_config(sb, "", **log_settings)
     assert run_target(config, messages([student(row, f"U{uid}") for row, uid in BEFORE.items()])).exit_code == 0
 
     second = messages([student(row, f"U{uid}") for row, uid in AFTER.items()], seed=5)
@@ -175,7 +202,7 @@ def test_swaps_chains_and_cycles_by_post_and_delete(make_sandbox: Any, tmp_path:
     st = run.resource(STUDENTS)
     assert st["key_changes"] == 8 and st["old_items_deleted"] == 1 and st["failed"] == 0
     assert run.totals["unaccounted"] == 0
-    assert_log_consistent(tmp_path / "log.db", sb, STUDENTS, "studentUniqueId")
+    assert_log_consistent(log_settings, sb, STUDENTS, "studentUniqueId")
 
     counter.reset()
     assert run_target(config, second).exit_code == 0
@@ -326,11 +353,11 @@ def test_duplicate_keys_fail_makes_them_named_failures(make_sandbox: Any, tmp_pa
 
 
 # -- case 8: a key change with delete_missing -----------------------------------------------------------------------
-def test_key_change_with_delete_missing_deletes_the_old_item_once(make_sandbox: Any, tmp_path: Path) -> None:
+def test_key_change_with_delete_missing_deletes_the_old_item_once(make_sandbox: Any,
+                                                                  log_settings: dict[str, str]) -> None:
     sb = make_sandbox("7.3")
     counter = RequestCounter(sb)
-    log = tmp_path / "log.db"
-    config = target_config(sb, log, delete_missing=True)
+    config = target_config(sb, "", delete_missing=True, **log_settings)
 
     def full_table(records: list[tuple[str, dict[str, Any]]], version: int) -> bytes:
         streams = sorted({s for s, _ in records})
@@ -350,8 +377,8 @@ def test_key_change_with_delete_missing_deletes_the_old_item_once(make_sandbox: 
     assert set(names(sb, CLASS_PERIODS, "classPeriodName", lambda d: d)) == {"P1x", "P2"}
     assert counter.counts == {"POST": 1, "PUT": 1, "DELETE": 2}  # U2's old item and U3, each once
     assert counter.statuses[("DELETE", 204)] == 2
-    with sqlite3.connect(log) as db:
-        status = dict(db.execute("SELECT natural_key, status FROM transaction_log WHERE resource = ?", (STUDENTS,)))
+    status = dict(log_rows(log_settings, "SELECT natural_key, status FROM {p}transaction_log WHERE resource = ?",
+                           (STUDENTS,)))
     assert status == {'{"studentUniqueId":"U1"}': "created", '{"studentUniqueId":"U2"}': "deleted",
                       '{"studentUniqueId":"U2x"}': "key_changed", '{"studentUniqueId":"U3"}': "deleted"}
     st = run.resource(STUDENTS)
