@@ -217,6 +217,8 @@ class TransactionLog:
                 finished_at {t},
                 status TEXT,
                 summary TEXT)""",
+            # spooled records by natural key: duplicates, old keys taken by another record, pending deletes
+            "CREATE INDEX IF NOT EXISTS {p}ix_spool_key ON {p}spool (target, resource, kind, key_hash)",
         ]
         for stmt in statements:
             self.execute(self._index_name_fix(stmt))
