@@ -253,6 +253,7 @@ class Sender:
         self._found: dict[tuple[str, str], bool] = {}  # references looked up in the target, per run
         self._waiting: set[tuple[str, str]] = set()  # records deferred (409) while their key changes are planned
         self._blocked: dict[tuple[str, str], str] = {}  # key changes waiting for another item to leave their key
+        self._referenced: dict[str, set[str]] = {}  # resource -> the resources it references
 
     # -- driving -------------------------------------------------------------------------------------
     def apply(self, activations: dict[str, int] | None = None) -> None:
@@ -467,7 +468,10 @@ class Sender:
     def _failed_parent(self, res: Resource, row: WorkRow) -> tuple[str, str] | None:
         """(message, group) when the record references an item whose record failed in this run and that the target
         does not have: it cannot land, so it fails at once as that record's dependent."""
-        targets = {t.path for ref in res.references for t in self.model.reference_targets(ref)}
+        targets = self._referenced.get(res.path)
+        if targets is None:
+            targets = self._referenced[res.path] = {t.path for ref in res.references
+                                                    for t in self.model.reference_targets(ref)}
         if not targets & self._failed_paths or row.payload is None:
             return None
         for prop, options in reference_keys(self.model, res, orjson.loads(row.payload)):
