@@ -601,9 +601,8 @@ class Sender:
         if p is not None and p.live:
             target = p
         elif k is not None and k.live:
-            if k.source_key and (k.source_key != row.item_key or k.source_stream != row.source_stream):
-                # another source item holds this natural key now (deleted and re-created in the source, or an item
-                # of another stream): never deleted for this one
+            if k.source_key and k.source_key != row.item_key and k.source_stream == row.source_stream:
+                # another source item holds this natural key now (deleted and re-created in the source)
                 self.results.add(res.path, "superseded")
                 self._pending.unspool.append((self.target, row.stream, row.source_key))
                 self._done += 1
