@@ -6,12 +6,13 @@ with a count and a few example natural keys. The summary is logged at the end of
 
 Every record of the input ends in exactly one of ``created``, ``updated``, ``key_changes``, ``deleted``,
 ``already_deleted``, ``superseded`` (replaced by a later record of the same source item in the input, or a delete
-of an item another source item holds now), ``skipped_unchanged``, ``failed`` and ``duplicates`` (a record whose
-natural key a later record of another source item in the input has too), so that per resource and in the totals
-``records + resumed`` (records an earlier run spooled and this one applied) equals their sum; ``unaccounted`` in
-the totals is the difference (0). Not records, and counted apart: ``key_change_rows`` (tap-edfi's
-``<stream>_key_changes``), ``old_items_deleted`` (the old item of a key change by POST and DELETE),
-``missing_deleted`` (``delete_missing``) and ``failed_deletes`` (those of them that failed).
+of an item another source item holds now), ``skipped_unchanged``, ``failed``, ``duplicates`` (a record whose
+natural key a later record of another source item in the input has too) and ``key_change_rows`` (rows of tap-edfi's
+``<stream>_key_changes``, applied to the log), so that per resource and in the totals ``records + resumed``
+(records an earlier run spooled and this one applied) equals their sum; ``unaccounted`` in the totals is the
+difference (0 once everything is settled). Not records, and counted apart: ``old_items_deleted`` (the old item of a
+key change by POST and DELETE), ``missing_deleted`` (``delete_missing``) and ``failed_deletes`` (those of them
+that failed).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ COUNTERS = ("records", "requests", "created", "updated", "key_changes", "deleted
             "old_items_deleted", "missing_deleted", "failed_deletes")
 #: where every record ends: records + resumed = their sum
 OUTCOMES = ("created", "updated", "key_changes", "deleted", "already_deleted", "superseded", "skipped_unchanged",
-            "failed", "duplicates")
+            "failed", "duplicates", "key_change_rows")
 EXAMPLES = 3
 MAX_GROUPS = 50  # failure groups per resource; more distinct messages are counted as "other messages"
 #: bad input that counts as failed records (a line that is not JSON most likely was one)

@@ -501,6 +501,7 @@ class Sender:
                                row.natural_key)
                     continue
                 self._pending.unspool.append((self.target, row.stream, row.source_key))
+                self.results.add(res.path, "key_change_rows")
                 self._done += 1
             after = rows[-1].seq
         self._flush()

@@ -161,7 +161,7 @@ class EdFiSink(Sink):
         self.tally_record_read()
         self.record_counter_metric.increment()
         self.results.stream_record(self.stream_name, path)
-        self.results.add(path, "key_change_rows" if route.kind == KEY_CHANGES else "records")
+        self.results.add(path, "records")
         if route.kind == ITEMS:
             if record.get(DELETED_AT):
                 self._delete(record, self.shaper.key_only(record), version)

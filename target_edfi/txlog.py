@@ -393,13 +393,13 @@ class TransactionLog:
         return list(out.items())
 
     def spool_counts(self, target: str, first_seq: int) -> dict[str, tuple[int, int]]:
-        """resource -> (upserts and deletes spooled from ``first_seq`` on, those spooled before it by an earlier
-        run), leaving out the rows the sender made itself (``stream#...``)."""
+        """resource -> (records spooled from ``first_seq`` on, those spooled before it by an earlier run), leaving
+        out the rows the sender made itself (``stream#...``)."""
         out: dict[str, tuple[int, int]] = {}
         for resource, now, before in self.execute(
                 "SELECT resource, SUM(CASE WHEN seq >= ? THEN 1 ELSE 0 END), SUM(CASE WHEN seq < ? THEN 1 ELSE 0 END) "
-                "FROM {p}spool WHERE target = ? AND kind IN (?, ?) AND stream NOT LIKE ? GROUP BY resource",
-                (first_seq, first_seq, target, UPSERT, DELETE, "%#%")):
+                "FROM {p}spool WHERE target = ? AND stream NOT LIKE ? GROUP BY resource",
+                (first_seq, first_seq, target, "%#%")):
             out[resource] = (int(now or 0), int(before or 0))
         return out
 

@@ -246,6 +246,9 @@ def test_enrollments_that_swap_entry_dates_through_a_temporary_date_replicate(ma
     assert run.exit_code == 0, run.results
     assert diff_content(content(a), content(b)) == []
     assert counter.counts["DELETE"] == 0 and run.totals["failed_all"] == 0
+    ssa = run.resource("/ed-fi/studentSchoolAssociations")
+    assert ssa["key_changes"] == 2 and ssa["key_change_rows"] == 2
+    assert run.totals["unaccounted"] == 0  # every record of the tap (key change rows and deletes too) counted once
 
     counter.reset()
     assert run_target(config, second.raw).exit_code == 0
