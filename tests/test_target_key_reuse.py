@@ -240,6 +240,14 @@ def test_enrollments_that_swap_entry_dates_through_a_temporary_date_replicate(ma
     put(e1, "1999-01-01")  # the temporary date
     put(e2, e1["entryDate"])
     put(e1, e2["entryDate"])
+    # and two class periods of one school swap their names the same way (the API cascades to the sections)
+    periods = [d for d in a.store.iter_docs(CLASS_PERIODS)]
+    p1 = periods[0]
+    p2 = next(d for d in periods[1:] if d["schoolReference"]["schoolId"] == p1["schoolReference"]["schoolId"])
+    for doc, name in ((p1, "temporary"), (p2, p1["classPeriodName"]), (p1, p2["classPeriodName"])):
+        body = {k: v for k, v in doc.items() if k not in ("id", "_etag", "_lastModifiedDate")}
+        body["classPeriodName"] = name
+        assert api.put(f"{CLASS_PERIODS}/{doc['id']}", body).status_code == 204
     second = run_tap(tap_config(a), state=first.last_state)
     counter.reset()
     run = run_target(config, second.raw)
@@ -248,6 +256,7 @@ def test_enrollments_that_swap_entry_dates_through_a_temporary_date_replicate(ma
     assert counter.counts["DELETE"] == 0 and run.totals["failed_all"] == 0
     ssa = run.resource("/ed-fi/studentSchoolAssociations")
     assert ssa["key_changes"] == 2 and ssa["key_change_rows"] == 2
+    assert run.resource(CLASS_PERIODS)["key_changes"] == 2
     assert run.totals["unaccounted"] == 0  # every record of the tap (key change rows and deletes too) counted once
 
     counter.reset()
