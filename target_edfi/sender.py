@@ -64,7 +64,8 @@ PAGE = 1000  # spool rows read at a time
 FLUSH_OUTCOMES = 100
 FLUSH_SECONDS = 0.2
 LOG_FAILURES = 100  # failures logged one by one per resource
-MAX_FAILED_KEYS = 100_000  # natural keys of failed records remembered per run (their dependents fail at once)
+#: natural keys of failed records (their dependents fail at once), and ids moved or deleted, remembered per run
+MAX_FAILED_KEYS = 100_000
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -748,7 +749,7 @@ class Sender:
             if out.action == "put" or (out.edfi_id and out.edfi_id == p.edfi_id):
                 # the same item, re-keyed: its old key's row goes (unless another item holds that key by now)
                 self._pending.removes.append((self.target, res.path, p.key_hash, p.edfi_id))
-                if p.edfi_id:
+                if p.edfi_id and len(self._moved_ids) < MAX_FAILED_KEYS:
                     self._moved_ids.add(p.edfi_id)
             else:
                 # the record went to another item (new, or one that was under the new key): the old item no longer
@@ -777,7 +778,7 @@ class Sender:
         now = self.log.now()
         if out.kind in ("ok", "not_found"):
             gone = out.kind == "not_found"
-            if out.edfi_id:
+            if out.edfi_id and len(self._deleted_ids) < MAX_FAILED_KEYS:
                 self._deleted_ids.add(out.edfi_id)
             if internal:  # not a record of the input: the old item of a key change, or delete_missing
                 self.results.add(res.path, "missing_deleted" if internal == "missing" else "old_items_deleted")
