@@ -518,6 +518,9 @@ class Sender:
             return  # already applied
         old = row.by_key
         if old is not None and old.live:
+            if (old.source_key is not None and old.source_key != row.item_key
+                    and old.source_stream == row.source_stream):
+                return  # another item of the same source holds the old key by now: it is not this item's any more
             if old.source_key != row.item_key or old.source_stream != row.source_stream:
                 self._pending.touches.append((row.source_stream, row.item_key, None, self.run_id, self.log.now(),
                                               old.log_id))
