@@ -315,6 +315,9 @@ def duplicate_input(pairs: int, seed: int) -> tuple[bytes, dict[str, str]]:
             records.append(("students", {"student_id": f"{side}{i}", "studentUniqueId": f"D{i}",
                                          "firstName": f"{side}{i}", "lastSurname": "Twice", "birthDate": "2010-05-01"}))
     random.Random(seed).shuffle(records)
+    # and one source item twice (its later record replaces the earlier: superseded, not a duplicate)
+    records += [("students", {"student_id": "R", "studentUniqueId": "R", "firstName": name, "lastSurname": "Again",
+                              "birthDate": "2010-05-01"}) for name in ("Earlier", "Later")]
     last = {rec["studentUniqueId"]: rec["firstName"] for _, rec in records}
     return singer_messages(base_records() + records, key_properties=KEYS), last
 
@@ -328,14 +331,14 @@ def test_one_natural_key_from_two_source_items_the_last_wins(make_sandbox: Any, 
     assert run.exit_code == 0, run.results
     assert names(sb, STUDENTS, "studentUniqueId", lambda d: d["firstName"]) == last  # the last in input order
     st = run.resource(STUDENTS)
-    assert st["duplicates"] == 200 and st["created"] == 200 and st["failed"] == 0
-    assert counter.counts["POST"] == 4 + 200  # descriptors and the school, then one POST per natural key
+    assert st["duplicates"] == 200 and st["created"] == 201 and st["failed"] == 0 and st["superseded"] == 1
+    assert counter.counts["POST"] == 4 + 201  # descriptors and the school, then one POST per natural key
     (example, *_) = st["duplicate_examples"]
     assert example["natural_key"]["studentUniqueId"].startswith("D") and len(example["source_keys"]) == 2
     winner = last[example["natural_key"]["studentUniqueId"]]  # the vendor row id is the first name here
     assert example["sent"] == f'students {{"student_id":"{winner}"}}'
     totals = run.totals
-    assert totals["records"] == 4 + 400
+    assert totals["records"] == 4 + 400 + 2
     assert totals["records"] == sum(totals[k] for k in ("created", "updated", "key_changes", "deleted",
                                                         "already_deleted", "superseded", "skipped_unchanged",
                                                         "failed", "duplicates"))
@@ -348,6 +351,7 @@ def test_one_natural_key_from_two_source_items_the_last_wins(make_sandbox: Any, 
         assert counter.writes == 0
         assert names(sb, STUDENTS, "studentUniqueId", lambda d: d["firstName"]) == last
         assert run.resource(STUDENTS)["duplicates"] == 200 and run.totals["unaccounted"] == 0
+        assert run.resource(STUDENTS)["skipped_unchanged"] == 201
 
 
 def test_duplicate_keys_fail_makes_them_named_failures(make_sandbox: Any, tmp_path: Path) -> None:
@@ -356,9 +360,9 @@ def test_duplicate_keys_fail_makes_them_named_failures(make_sandbox: Any, tmp_pa
     single = singer_messages([student(1, "U1")], key_properties=KEYS)
     run = run_target(target_config(sb, tmp_path / "log.db", duplicate_keys="fail"), data + single)
     assert run.exit_code == 1
-    assert names(sb, STUDENTS, "studentUniqueId", lambda d: d["firstName"]) == {"U1": "Row1"}
+    assert names(sb, STUDENTS, "studentUniqueId", lambda d: d["firstName"]) == {"U1": "Row1", "R": "Later"}
     st = run.resource(STUDENTS)
-    assert st["failed"] == 40 and st["duplicates"] == 0 and st["created"] == 1
+    assert st["failed"] == 40 and st["duplicates"] == 0 and st["created"] == 2 and st["superseded"] == 1
     (group,) = st["failures"]
     assert group["status"] == "duplicate" and "duplicate_keys is fail" in group["message"]
     assert run.totals["unaccounted"] == 0
