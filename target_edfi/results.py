@@ -3,6 +3,16 @@
 Failures are grouped by HTTP status (or ``invalid`` for records stopped before sending) and message, each group
 with a count and a few example natural keys. The summary is logged at the end of a run and written as JSON to
 ``results_file``; ``failed`` counts what made the run exit non-zero when it passes ``max_failures``.
+
+Every record of the input ends in exactly one of ``created``, ``updated``, ``key_changes``, ``deleted``,
+``already_deleted``, ``superseded`` (replaced by a later record of the same source item in the input, or a delete
+of an item another source item holds now), ``skipped_unchanged``, ``failed``, ``duplicates`` (a record whose
+natural key a later record of another source item in the input has too) and ``key_change_rows`` (rows of tap-edfi's
+``<stream>_key_changes``, applied to the log), so that per resource and in the totals ``records + resumed``
+(records an earlier run spooled and this one applied) equals their sum; ``unaccounted`` in the totals is the
+difference (0 once everything is settled). Not records, and counted apart: ``old_items_deleted`` (the old item of a
+key change by POST and DELETE), ``missing_deleted`` (``delete_missing``) and ``failed_deletes`` (those of them
+that failed).
 """
 
 from __future__ import annotations
@@ -21,7 +31,11 @@ logger = logging.getLogger(__name__)
 
 #: Counters of one resource, in the order they are reported.
 COUNTERS = ("records", "requests", "created", "updated", "key_changes", "deleted", "already_deleted",
-            "superseded", "skipped_unchanged", "deferred", "failed", "waiting", "retried_failed")
+            "superseded", "skipped_unchanged", "deferred", "failed", "waiting", "retried_failed", "duplicates",
+            "resumed", "key_change_rows", "old_items_deleted", "missing_deleted", "failed_deletes")
+#: where every record ends: records + resumed = their sum
+OUTCOMES = ("created", "updated", "key_changes", "deleted", "already_deleted", "superseded", "skipped_unchanged",
+            "failed", "waiting", "duplicates", "key_change_rows")
 EXAMPLES = 3
 MAX_GROUPS = 50  # failure groups per resource; more distinct messages are counted as "other messages"
 #: bad input that counts as failed records (a line that is not JSON most likely was one)
@@ -38,6 +52,7 @@ class FailureGroup:
     message: str
     count: int = 0
     examples: list[Any] = field(default_factory=list)
+    api_messages: list[str] = field(default_factory=list)  # the API's own messages (as it wrote them)
 
 
 @dataclass
@@ -45,15 +60,19 @@ class ResourceResults:
     counts: Counter = field(default_factory=Counter)
     failures: dict[tuple[str, str], FailureGroup] = field(default_factory=dict)
     waits: Counter = field(default_factory=Counter)  # (status, message) of records kept in the spool
+    duplicates: list[Any] = field(default_factory=list)  # examples: natural key, source keys, which was sent
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: self.counts.get(name, 0) for name in COUNTERS}
         out["failures"] = [
-            {"status": g.status, "message": g.message, "count": g.count, "examples": g.examples}
+            {"status": g.status, "message": g.message, "count": g.count, "examples": g.examples,
+             **({"api_messages": g.api_messages} if g.api_messages else {})}
             for g in sorted(self.failures.values(), key=lambda g: -g.count)
         ]
         out["waiting_reasons"] = [{"status": status, "message": message, "count": n}
                                   for (status, message), n in self.waits.most_common(MAX_GROUPS)]
+        if self.duplicates:
+            out["duplicate_examples"] = self.duplicates
         return out
 
 
@@ -88,12 +107,13 @@ class Results:
         with self._lock:
             self._res(resource).counts[counter] += n
 
-    def fail(self, resource: str, status: int | str | None, message: str, example: Any = None) -> None:
+    def fail(self, resource: str, status: int | str | None, message: str, example: Any = None, *,
+             counter: str = "failed", server_message: str | None = None) -> None:
         status_text = str(status) if status is not None else "no response"
         message = message or ""
         with self._lock:
             res = self._res(resource)
-            res.counts["failed"] += 1
+            res.counts[counter] += 1
             key = (status_text, message)
             if key not in res.failures and len(res.failures) >= MAX_GROUPS:
                 key = (status_text, "(other messages: see the transaction log)")
@@ -103,6 +123,15 @@ class Results:
             group.count += 1
             if example is not None and len(group.examples) < EXAMPLES:
                 group.examples.append(example)
+            if server_message and server_message not in group.api_messages and len(group.api_messages) < EXAMPLES:
+                group.api_messages.append(server_message)
+
+    def duplicate(self, resource: str, example: Any) -> None:
+        """An example of one natural key from several source items (the count is ``duplicates``)."""
+        with self._lock:
+            res = self._res(resource)
+            if len(res.duplicates) < EXAMPLES:
+                res.duplicates.append(example)
 
     def wait(self, resource: str, status: int | str | None, message: str) -> None:
         """A record kept in the spool after a transient outcome (sent again by the next run)."""
@@ -152,7 +181,7 @@ class Results:
     def failed(self) -> int:
         """Records that did not land: failed sends, invalid records, records of unmapped streams or without schema."""
         with self._lock:
-            sent = sum(r.counts.get("failed", 0) for r in self.resources.values())
+            sent = sum(r.counts.get("failed", 0) + r.counts.get("failed_deletes", 0) for r in self.resources.values())
             unreadable = sum(self.bad_input.get(kind, 0) for kind in FAILED_INPUT)
             return sent + sum(self.unmapped.values()) + unreadable
 
@@ -161,7 +190,9 @@ class Results:
             total: Counter = Counter()
             for res in self.resources.values():
                 total.update(res.counts)
-            return {name: total.get(name, 0) for name in COUNTERS}
+            out = {name: total.get(name, 0) for name in COUNTERS}
+            out["unaccounted"] = out["records"] + out["resumed"] - sum(out[name] for name in OUTCOMES)
+            return out
 
     def finish(self, status: str) -> None:
         self.status = status
@@ -213,9 +244,10 @@ class Results:
         totals = summary["totals"]
         logger.info(
             "target-edfi run %s: %d records, %d requests: %d created, %d updated, %d key changes, %d deleted, "
-            "%d skipped unchanged, %d failed, %d waiting in the spool (%s)", self.run_id, totals["records"],
-            totals["requests"], totals["created"], totals["updated"], totals["key_changes"], totals["deleted"],
-            totals["skipped_unchanged"], totals["failed_all"], totals["waiting"], summary["status"])
+            "%d skipped unchanged, %d duplicates, %d failed, %d waiting in the spool (%s)", self.run_id,
+            totals["records"], totals["requests"], totals["created"], totals["updated"], totals["key_changes"],
+            totals["deleted"], totals["skipped_unchanged"], totals["duplicates"], totals["failed_all"],
+            totals["waiting"], summary["status"])
 
 
-__all__ = ["COUNTERS", "Results", "utc_now"]
+__all__ = ["COUNTERS", "OUTCOMES", "Results", "utc_now"]

@@ -65,7 +65,7 @@ from edfi_core.openapi import ApiModel, Resource
 from edfi_core.session import EdFiClient, EdFiHTTPError, server_message
 from edfi_core.transport import Reply, Transport
 from target_edfi.payloads import Shaper, reference_keys
-from target_edfi.results import Results
+from target_edfi.results import EXAMPLES, Results
 from target_edfi.txlog import DELETE, KEY_CHANGE, UPSERT, LogRow, TransactionLog, WorkRow
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,8 @@ FLUSH_OUTCOMES = 100
 FLUSH_SECONDS = 0.2
 LOG_FAILURES = 100  # failures logged one by one per resource
 LOOKUPS = 200  # dependencies of dead letters looked up in the target API per run (the log and spool are free)
+#: natural keys of failed records (their dependents fail at once), and ids moved or deleted, remembered per run
+MAX_FAILED_KEYS = 100_000
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -228,8 +230,8 @@ class _Pending:
     """Log writes waiting for the next flush."""
 
     log: list[tuple] = field(default_factory=list)
-    removes: list[tuple[str, str, str]] = field(default_factory=list)
-    releases: list[int] = field(default_factory=list)
+    removes: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+    releases: list[tuple[int, str | None, str | None]] = field(default_factory=list)
     touches: list[tuple] = field(default_factory=list)
     unspool: list[tuple[str, str, str]] = field(default_factory=list)
     bumps: list[tuple[str, str, str]] = field(default_factory=list)
@@ -259,6 +261,8 @@ class Sender:
         shapers: Callable[[Resource], Shaper] | None = None,
         progress_interval: float = 15.0,
         retry_failed: bool = False,
+        duplicate_keys: str = "last_wins",
+        failed_keys: dict[tuple[str, str], str] | None = None,
     ) -> None:
         self.client = client
         self.model = model
@@ -296,6 +300,19 @@ class Sender:
         self._dead: set[tuple[str, str]] = set()  # (stream, source key) of the target's dead letters
         self._present: dict[tuple[str, str], bool] = {}
         self._lookups = 0  # dead letters' dependencies looked up in the target API in this run
+        self.duplicate_keys = duplicate_keys
+        #: (resource, key hash) of records that failed in this run -> the record, named (its dependents fail at once)
+        self._failed_keys: dict[tuple[str, str], str] = dict(failed_keys or {})
+        self._failed_paths = {path for path, _ in self._failed_keys}
+        #: (resource, key hash) of old keys of key changes that another spooled record takes (their items stay)
+        self._reclaimed: set[tuple[str, str]] = set()
+        self._moved_ids: set[str] = set()  # Ed-Fi ids a PUT moved to another natural key in this run
+        self._deleted_ids: set[str] = set()  # Ed-Fi ids deleted in this run
+        self._unresolved: dict[tuple[str, str], str] = {}  # the API's message of a deferred record's last 409
+        self._found: dict[tuple[str, str], bool] = {}  # references looked up in the target, per run
+        self._deferred_now: set[tuple[str, str]] = set()  # records deferred (409) while key changes are planned
+        self._blocked: dict[tuple[str, str], str] = {}  # key changes waiting for another item to leave their key
+        self._referenced: dict[str, set[str]] = {}  # resource -> the resources it references
 
     # -- driving -------------------------------------------------------------------------------------
     def apply(self, activations: dict[str, int] | None = None) -> None:
@@ -452,12 +469,15 @@ class Sender:
         for res in resources:
             self._prime_key_changes(res)
         self._barrier()
+        for res in resources:
+            self._dedup(res)
+        self._flush()
         self._handled = set()  # key changes sent in this pass: not planned again with the other upserts
         for res in resources:
             if self.log.has_key_change_candidates(self.target, res.path):
-                for row in self.log.key_change_work(self.target, res.path):
-                    self._plan_upsert(res, row)
-                    self._handled.add((row.stream, row.source_key))
+                moves = self.log.key_change_work(self.target, res.path)
+                if moves:
+                    self._plan_moves(res, moves)
         self._barrier()
         for res in resources:
             after = -1
@@ -471,8 +491,91 @@ class Sender:
                 self._collect(block=False)
         self._barrier()
 
-    def _plan_upsert(self, res: Resource, row: WorkRow) -> None:
-        if row.unchanged:
+    def _dedup(self, res: Resource) -> None:
+        """One natural key from several source items in this run: the last in input order is sent (the others
+        count as ``duplicates``), or, with ``duplicate_keys: fail``, none of them (each a named failure)."""
+        for khash, rows in self.log.duplicate_keys(self.target, res.path):
+            natural_key = rows[-1][3]
+            example = {"natural_key": orjson.loads(natural_key) if natural_key else None,
+                       "source_keys": [f"{stream} {source_key}" for stream, source_key, _, _ in rows[-EXAMPLES:]],
+                       "sent": None if self.duplicate_keys == "fail" else f"{rows[-1][0]} {rows[-1][1]}"}
+            sources = ", ".join(f"{stream} {source_key}" for stream, source_key, _, _ in rows[:5])
+            if self.duplicate_keys == "fail":
+                for stream, source_key, seq, nkey in rows:
+                    work = WorkRow(stream, source_key, seq, UPSERT, stream, source_key, khash, nkey, None, None,
+                                   None, None, 0, None, None)
+                    self._fail(res, work, "duplicate", f"{len(rows)} source items have this natural key in this "
+                               f"run ({sources}): none is sent (duplicate_keys is fail)", work.key_hash, nkey,
+                               group="several source items have this natural key in this run (duplicate_keys "
+                                     "is fail)")
+                    self._done += 1
+                continue
+            *losers, (w_stream, w_key, _, _) = rows
+            for stream, source_key, _, _ in losers:
+                self.results.add(res.path, "duplicates")
+                self._pending.unspool.append((self.target, stream, source_key))
+                self._done += 1
+            self.results.duplicate(res.path, example)
+            logged = self._failures_logged[res.path] = self._failures_logged.get(res.path, 0) + 1
+            if logged <= LOG_FAILURES:
+                logger.warning("%s: %d source items have one natural key in this run (%s): the last in input order "
+                               "(stream %s, source key %s) is sent, the others are not (duplicate_keys is "
+                               "last_wins)", res.path, len(rows), sources, w_stream, w_key)
+
+    def _plan_moves(self, res: Resource, rows: list[WorkRow]) -> None:
+        """Key changes of one resource, in an order in which no natural key is taken twice.
+
+        The old key of a source item that moves may be taken by another record of this run (a swap, a chain, a new
+        item): that old item is then overwritten in place by that record, never deleted. Where the resource is
+        key-updatable, an item is PUT to its new key once the item holding that key (moving too) has left it:
+        chains are sent from their end, one step after another; what is left are cycles (every new key still held
+        by another moving item), whose records are POSTed in place (the API upserts by natural key).
+        """
+        for row in rows:
+            self._handled.add((row.stream, row.source_key))
+        olds = {row.by_source.key_hash for row in rows if row.by_source is not None}
+        for khash in self.log.claimed_keys(self.target, res.path, olds):
+            self._reclaimed.add((res.path, khash))
+        if not res.key_updatable:
+            for row in rows:
+                self._plan_upsert(res, row, how="post")
+            return
+        pending = rows
+        while pending:
+            vacating = {row.by_source.key_hash for row in pending if row.by_source is not None}
+            ready = [row for row in pending if row.key_hash not in vacating]
+            if not ready:  # cycles: each new key is held by another item that moves
+                for row in pending:
+                    self._plan_upsert(res, row, how="post")
+                return
+            self._deferred_now = set()
+            for row in ready:
+                self._plan_upsert(res, row, how="put")
+            self._barrier()
+            sent = {id(row) for row in ready}
+            pending = [row for row in pending if id(row) not in sent]
+            # an item that could not move yet (deferred: a reference it needs is not there) still holds its old
+            # key: what would move into that key waits for the next pass too
+            held = {row.by_source.key_hash: row for row in ready
+                    if row.by_source is not None and ((row.stream, row.source_key) in self._deferred_now
+                                                   or (row.stream, row.source_key) in self._waiting)}
+            while held:
+                blocked = [row for row in pending if row.key_hash in held]
+                for row in blocked:
+                    holder = held[row.key_hash]
+                    self._blocked[(row.stream, row.source_key)] = (
+                        f"key change not sent: its new natural key is held by the item of stream {holder.stream}, "
+                        f"source key {holder.source_key}, whose own key change waits for a reference")
+                held = {row.by_source.key_hash: row for row in blocked if row.by_source is not None}
+                for row in blocked:
+                    self.results.add(res.path, "deferred")
+                    self._pending.bumps.append((self.target, row.stream, row.source_key))
+                    self._deferred_rows += 1
+                gone = {id(row) for row in blocked}
+                pending = [row for row in pending if id(row) not in gone]
+
+    def _plan_upsert(self, res: Resource, row: WorkRow, how: str | None = None) -> None:
+        if how is None and row.unchanged:
             k = row.by_key
             assert k is not None
             self.results.add(res.path, "skipped_unchanged")
@@ -483,7 +586,7 @@ class Sender:
             self._pending.unspool.append((self.target, row.stream, row.source_key))
             self._done += 1
             return
-        if (row.stream, row.source_key) in self._handled:
+        if how is None and (row.stream, row.source_key) in self._handled:
             return  # sent as a key change in this pass
         if (row.stream, row.source_key) in self._waiting:
             return  # a transient outcome in this run: it waits in the spool for the next run
@@ -496,15 +599,40 @@ class Sender:
             if problem:
                 self._fail(res, row, "invalid", problem, row.key_hash, row.natural_key)
                 return
-        if row.key_changed:
+        if self._failed_paths:
+            parent = self._failed_parent(res, row)
+            if parent is not None:
+                self._fail(res, row, "not sent", parent[0], row.key_hash, row.natural_key, group=parent[1])
+                self._done += 1
+                return
+        if how is not None or row.key_changed:
             p = row.by_source
             assert p is not None
-            if res.key_updatable:
+            if how == "put" or (how is None and res.key_updatable):
                 self._submit(Op(row, res, "put", body=row.payload, edfi_id=p.edfi_id, replaces=p))
             else:
                 self._submit(Op(row, res, "post", body=row.payload, replaces=p))
             return
         self._submit(Op(row, res, "post", body=row.payload))
+
+    def _failed_parent(self, res: Resource, row: WorkRow) -> tuple[str, str] | None:
+        """(message, group) when the record references an item whose record failed in this run and that the target
+        does not have: it cannot land, so it fails at once as that record's dependent."""
+        targets = self._referenced.get(res.path)
+        if targets is None:
+            targets = self._referenced[res.path] = {t.path for ref in res.references
+                                                    for t in self.model.reference_targets(ref)}
+        if not targets & self._failed_paths or row.payload is None:
+            return None
+        for prop, options in reference_keys(self.model, res, orjson.loads(row.payload)):
+            hits = [(t, v) for t, v in options if (t.path, key_hash(v)) in self._failed_keys]
+            if not hits or any(self.log.is_live(self.target, t.path, key_hash(v)) for t, v in options):
+                continue
+            t, values = hits[0]
+            parent = self._failed_keys[(t.path, key_hash(values))]
+            return (f"{prop}: the referenced {t.entity} {canonical(values).decode()} failed in this run ({parent}): "
+                    "not sent", f"{prop}: the referenced {t.entity} failed in this run")
+        return None
 
     # -- key changes (tap-edfi's <stream>_key_changes) ---------------------------------------------------------
     def _prime_key_changes(self, res: Resource) -> None:
@@ -531,6 +659,7 @@ class Sender:
                                row.natural_key)
                     continue
                 self._pending.unspool.append((self.target, row.stream, row.source_key))
+                self.results.add(res.path, "key_change_rows")
                 self._done += 1
             after = rows[-1].seq
         self._flush()
@@ -546,6 +675,9 @@ class Sender:
             return  # already applied
         old = row.by_key
         if old is not None and old.live:
+            if (old.source_key is not None and old.source_key != row.item_key
+                    and old.source_stream == row.source_stream):
+                return  # another item of the same source holds the old key by now: it is not this item's any more
             if old.source_key != row.item_key or old.source_stream != row.source_stream:
                 self._pending.touches.append((row.source_stream, row.item_key, None, self.run_id, self.log.now(),
                                               old.log_id))
@@ -617,7 +749,14 @@ class Sender:
     def _plan_delete(self, res: Resource, row: WorkRow) -> None:
         explicit = orjson.loads(row.payload) if row.payload else {}
         if explicit.get("edfi_id"):
-            self._submit(Op(row, res, "delete", edfi_id=explicit["edfi_id"], log_row=row.by_key))
+            edfi_id, k = explicit["edfi_id"], row.by_key
+            if self._keeps(row, edfi_id):
+                logger.debug("%s: %s not deleted: a source item of this run holds it", res.path, edfi_id)
+                self._pending.unspool.append((self.target, row.stream, row.source_key))
+                self._done += 1
+                return
+            logged = k if k is not None and k.edfi_id == edfi_id else None
+            self._submit(Op(row, res, "delete", edfi_id=edfi_id, log_row=logged))
             return
         p, k = row.by_source, row.by_key
         target: LogRow | None = None
@@ -643,6 +782,19 @@ class Sender:
         else:
             self._fail(res, row, "not sent", "cannot find the item to delete: the log has no item for this source "
                        "key and the record has no complete natural key", None, None)
+
+    def _keeps(self, row: WorkRow, edfi_id: str) -> bool:
+        """Whether a delete the sender planned itself (the old item of a key change, delete_missing) concerns an
+        item a live source item holds: never deleted."""
+        if edfi_id in self._moved_ids or edfi_id in self._deleted_ids:
+            return True  # moved to another key by a PUT in this run, or deleted already
+        k = row.by_key
+        if k is None or not k.live or k.edfi_id != edfi_id or k.source_key is None:
+            return False
+        if _internal(row) == "replaced":
+            return True  # the old key was taken over by another source item after its own moved away
+        # delete_missing: a row that was seen in this version (or later) since
+        return row.version is not None and k.stream_version is not None and k.stream_version >= row.version
 
     def _delete_missing(self, activations: dict[str, int]) -> None:
         """Items a full-table stream sent earlier and did not send in its latest version become deletes."""
@@ -771,6 +923,8 @@ class Sender:
             self._hold(res, row, out.status, out.message)
             return
         if out.kind == "unresolved":
+            self._unresolved[(row.stream, row.source_key)] = out.message[:500]
+            self._deferred_now.add((row.stream, row.source_key))
             self.results.add(res.path, "deferred")
             self._pending.bumps.append((self.target, row.stream, row.source_key))
             self._deferred_rows += 1
@@ -788,10 +942,17 @@ class Sender:
             status = "created" if out.created else "updated"
         if p is not None and p.key_hash != row.key_hash:
             if out.action == "put" or (out.edfi_id and out.edfi_id == p.edfi_id):
-                self._pending.removes.append((self.target, res.path, p.key_hash))  # the same item, re-keyed
+                # the same item, re-keyed: its old key's row goes (unless another item holds that key by now)
+                self._pending.removes.append((self.target, res.path, p.key_hash, p.edfi_id))
+                if p.edfi_id and len(self._moved_ids) < MAX_FAILED_KEYS:
+                    self._moved_ids.add(p.edfi_id)
             else:
-                # a new item under the new key: the old one goes in the delete phase
-                self._pending.releases.append(p.log_id)
+                # the record went to another item (new, or one that was under the new key): the old item no longer
+                # speaks for this source item
+                self._pending.releases.append((p.log_id, p.source_stream, p.source_key))
+            if (out.action != "put" and not (out.edfi_id and out.edfi_id == p.edfi_id)
+                    and (res.path, p.key_hash) not in self._reclaimed):
+                # and nothing in this run takes the old key: the old item goes in the delete phase
                 self._pending.spool.append((
                     self.target, f"{row.source_stream}#replaced", p.edfi_id or p.key_hash, self._seq(), DELETE,
                     res.path, row.source_stream, "", p.key_hash, p.natural_key, None,
@@ -806,7 +967,8 @@ class Sender:
     def _settle_delete(self, out: Outcome) -> None:
         op, row, res = out.op, out.op.row, out.op.resource
         logged = op.log_row
-        khash = logged.key_hash if logged is not None else (row.key_hash or "")
+        internal = _internal(row)
+        khash = logged.key_hash if logged is not None else ("" if internal else (row.key_hash or ""))
         nkey = logged.natural_key if logged is not None else (row.natural_key or "{}")
         now = self.log.now()
         if out.kind == "transient":
@@ -814,7 +976,12 @@ class Sender:
             return
         if out.kind in ("ok", "not_found"):
             gone = out.kind == "not_found"
-            self.results.add(res.path, "already_deleted" if gone else "deleted")
+            if out.edfi_id and len(self._deleted_ids) < MAX_FAILED_KEYS:
+                self._deleted_ids.add(out.edfi_id)
+            if internal:  # not a record of the input: the old item of a key change, or delete_missing
+                self.results.add(res.path, "missing_deleted" if internal == "missing" else "old_items_deleted")
+            else:
+                self.results.add(res.path, "already_deleted" if gone else "deleted")
             if khash:
                 self._pending.log.append(self._log_tuple(
                     res, khash, nkey, edfi_id=out.edfi_id, deleted=True, status="not_found" if gone else "deleted",
@@ -850,7 +1017,8 @@ class Sender:
         return False
 
     def _fail(self, res: Resource, row: WorkRow, status: int | str | None, message: str, khash: str | None,
-              natural_key: str | None, attempts: int = 0, deleting: bool = False, group: str | None = None) -> None:
+              natural_key: str | None, attempts: int = 0, deleting: bool = False, group: str | None = None,
+              server_message: str | None = None) -> None:
         """A record that did not land: counted (grouped by status and ``group`` message), logged, kept in the log."""
         if (row.stream, row.source_key) in self._waiting:
             return  # waits in the spool after a transient outcome: not a verdict
@@ -860,7 +1028,12 @@ class Sender:
             self.results.wait(res.path, "waiting", "an item it references waits in the spool")
             return
         example = orjson.loads(natural_key) if natural_key else {"source_key": row.source_key}
-        self.results.fail(res.path, status, _group_message(group or message), example)
+        internal = deleting and _internal(row)
+        self.results.fail(res.path, status, _group_message(group or message), example,
+                          counter="failed_deletes" if internal else "failed", server_message=server_message)
+        if khash and not deleting and len(self._failed_keys) < MAX_FAILED_KEYS:
+            self._failed_keys[(res.path, khash)] = f"stream {row.stream}, source key {row.source_key}: {status}"
+            self._failed_paths.add(res.path)
         logged = self._failures_logged[res.path] = self._failures_logged.get(res.path, 0) + 1
         if logged <= LOG_FAILURES:
             logger.warning("%s %s (stream %s, source key %s): %s %s", "delete of" if deleting else "upsert of",
@@ -894,9 +1067,19 @@ class Sender:
                     if not rows:
                         break
                     for row in rows:
+                        blocked = self._blocked.get((row.stream, row.source_key))
+                        if blocked and (row.stream, row.source_key) not in self._unresolved:
+                            self._fail(res, row, 409, blocked, row.key_hash, row.natural_key, attempts=row.passes,
+                                       group="key change not sent: its new natural key is held by an item whose "
+                                             "own key change waits for a reference")
+                            self._done += 1
+                            continue
                         detail, group = self._missing_reference(res, row)
+                        said = self._unresolved.get((row.stream, row.source_key))
+                        if said:
+                            detail = f"{detail}; the API said: {said}"
                         self._fail(res, row, 409, detail, row.key_hash, row.natural_key, attempts=row.passes,
-                                   group=group)
+                                   group=group, server_message=said)
                         self._done += 1
                     after = rows[-1].seq
                     self._flush()
@@ -908,7 +1091,7 @@ class Sender:
         payload = orjson.loads(row.payload)
         missing, kinds = [], []
         for prop, options in reference_keys(self.model, res, payload):
-            if not any(self.log.is_live(self.target, target.path, key_hash(values)) for target, values in options):
+            if not any(self._exists(target, values) for target, values in options):
                 target, values = options[0]
                 names = "/".join(t.entity for t, _ in options) if len(options) > 1 else target.entity
                 missing.append(f"{prop} ({names} {canonical(values).decode()})")
@@ -916,8 +1099,25 @@ class Sender:
         if missing:
             head = "unresolved reference: not in the target: "
             return head + "; ".join(missing), head + "; ".join(kinds)
-        text = "unresolved reference (the referenced items are in the log: changed or deleted in the API since?)"
+        text = ("unresolved reference, though every reference this target can check exists in the target (see the "
+                "API's message)")
         return text, text
+
+    def _exists(self, target: Resource, values: dict[str, Any]) -> bool:
+        """Whether a referenced item is there: in the log, else in the target API by natural key (once per run)."""
+        khash = key_hash(values)
+        if self.log.is_live(self.target, target.path, khash):
+            return True
+        known = self._found.get((target.path, khash))
+        if known is None:
+            try:
+                known = self._find(target, values) is not None
+                self._requests += 1
+            except (EdFiHTTPError, requests.RequestException) as exc:
+                logger.debug("cannot look up %s %s: %s", target.path, values, exc)
+                known = False
+            self._found[(target.path, khash)] = known
+        return known
 
     # -- descriptors ---------------------------------------------------------------------------------------------
     def _check_descriptors(self, res: Resource, row: WorkRow) -> str | None:
@@ -1017,7 +1217,7 @@ class Sender:
             return
         self._pending = _Pending()
         log = self.log
-        log.remove_log(pend.removes)
+        log.remove_moved(pend.removes)
         log.release_source(pend.releases)
         log.upsert_log(pend.log)
         log.touch(pend.touches)
@@ -1116,6 +1316,12 @@ class Workers:
             if outcome is not None and exc is None:
                 done.append(outcome)
         return done
+
+
+def _internal(row: WorkRow) -> str:
+    """``replaced`` or ``missing`` for the deletes the sender spools itself, else ``""``."""
+    _, mark, kind = row.stream.rpartition("#")
+    return kind if mark and kind in ("replaced", "missing") else ""
 
 
 class _AnyValue(set):

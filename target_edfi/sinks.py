@@ -69,7 +69,10 @@ class Spooler:
         self.superseded: list[tuple[str, str, str]] = []
         self.dead: list[tuple] = []  # dead letters of invalid records (FAILED_COLUMNS order)
         self.next_seq = log.max_seq(target) + 1
+        self.first_seq = self.next_seq + 1  # rows spooled by this run have seq >= first_seq
         self.spooled = 0
+        #: (resource, key hash) of records that failed validation in this run -> the record, named
+        self.failed_keys: dict[tuple[str, str], str] = {}
         self._last_log = time.monotonic()
 
     def seq(self) -> int:
@@ -258,6 +261,9 @@ class EdFiSink(Sink):
             row = (spooler.target, path, shaped.key_hash, shaped.key_text, None, None, None, None, False,
                    "invalid", None, message[:2000], 0, version, spooler.run_id, None, None, None,
                    self.target.log.now())
+            if not deleting and len(spooler.failed_keys) < 100_000:
+                spooler.failed_keys[(path, shaped.key_hash)] = (f"stream {self.stream_name}, source key "
+                                                                f"{source_key}: invalid")
         dead = None
         if source_key and not deleting and not note:  # a record the API may judge: kept with its payload
             try:

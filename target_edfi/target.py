@@ -87,6 +87,10 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property("delete_missing", th.BooleanType, default=False,
                 description="After an ACTIVATE_VERSION of a full-table stream, delete from the API the items this "
                             "target sent earlier for that stream that the stream no longer has."),
+    th.Property("duplicate_keys", th.StringType, default="last_wins", allowed_values=["last_wins", "fail"],
+                description="Records of several source items (different source keys) with one natural key in one "
+                            "run: `last_wins` sends the last in input order and counts the others as `duplicates` "
+                            "(with examples in the results); `fail` sends none of them and fails each, named."),
     th.Property("max_workers", th.IntegerType(minimum=1, maximum=128), default=32,
                 description="Concurrent requests (within one dependency order group), each on its own keep-alive "
                             "connection. The Ed-Fi API Publisher posts with up to 20 per resource, 10 resources at "
@@ -424,6 +428,7 @@ class TargetEdFi(Target):
             self.drain_all(is_endofpipe=True)  # every buffered record into the spool (no STATE is written here)
             self.spooler.flush()
             logger.info("input done: %d records spooled in %.1fs", self.spooler.spooled, time.monotonic() - started)
+            self._count_spool()
             for stream in self.results.unmapped:
                 logger.error("stream %r maps to no Ed-Fi resource: %d records not sent", stream,
                              self.results.unmapped[stream])
@@ -435,6 +440,7 @@ class TargetEdFi(Target):
                 validate=bool(self.settings["validate"]), shapers=self.shaper,
                 progress_interval=float(self.settings["progress_interval"]),
                 retry_failed=bool(self.settings["retry_failed"]) or self._resend_failed,
+                duplicate_keys=str(self.settings["duplicate_keys"]), failed_keys=self.spooler.failed_keys,
             )
             try:
                 sender.apply(self._valid_activations())
@@ -453,6 +459,20 @@ class TargetEdFi(Target):
             self._write_state_message(self._input_state)
             self.results.state_messages_emitted += 1
         self._check_threshold()
+
+    def _count_spool(self) -> None:
+        """Records of this run that a later record of the same source item replaced in the spool (``superseded``),
+        and records an earlier run spooled that this one applies (``resumed``): so that every record is counted
+        once in the results."""
+        counts = self.log.spool_counts(self.target_id, self.spooler.first_seq)
+        for path, res in list(self.results.resources.items()):
+            spooled = counts.get(path, (0, 0))[0]
+            replaced = res.counts.get("records", 0) - res.counts.get("failed", 0) - spooled
+            if replaced > 0:
+                self.results.add(path, "superseded", replaced)
+        for path, (_, earlier) in counts.items():
+            if earlier:
+                self.results.add(path, "resumed", earlier)
 
     def _valid_activations(self) -> dict[str, int]:
         out = {}

@@ -274,6 +274,8 @@ class TransactionLog:
                 finished_at {t},
                 status TEXT,
                 summary TEXT)""",
+            # spooled records by natural key: duplicates, old keys taken by another record, pending deletes
+            "CREATE INDEX IF NOT EXISTS {p}ix_spool_key ON {p}spool (target, resource, kind, key_hash)",
         ]
         for stmt in statements:
             self.execute(self._index_name_fix(stmt))
@@ -470,9 +472,54 @@ class TransactionLog:
         """Forget log rows by (target, resource, key hash): a natural key that no longer exists."""
         self.executemany("DELETE FROM {p}transaction_log WHERE target = ? AND resource = ? AND key_hash = ?", keys)
 
-    def release_source(self, log_ids: Iterable[int]) -> None:
-        """The source item moved to another natural key: the old row no longer speaks for it."""
-        self.executemany("UPDATE {p}transaction_log SET source_key = NULL WHERE log_id = ?", [(i,) for i in log_ids])
+    def release_source(self, rows: Iterable[tuple[int, str | None, str | None]]) -> None:
+        """(log_id, source_stream, source_key): the source item moved to another natural key, so the old row no
+        longer speaks for it; a row another source item has taken over since is left alone."""
+        self.executemany("UPDATE {p}transaction_log SET source_key = NULL WHERE log_id = ? AND source_stream = ? "
+                         "AND source_key = ?", rows)
+
+    def remove_moved(self, rows: Iterable[tuple[str, str, str, str | None]]) -> None:
+        """(target, resource, key hash, Ed-Fi id): an item moved to another natural key (a PUT): its old key's row
+        goes, unless the old key holds another item by now."""
+        self.executemany("DELETE FROM {p}transaction_log WHERE target = ? AND resource = ? AND key_hash = ? "
+                         "AND edfi_id = ?", rows)
+
+    def claimed_keys(self, target: str, resource: str, key_hashes: Iterable[str]) -> set[str]:
+        """The natural keys (hashes) among ``key_hashes`` that a spooled upsert of the resource takes."""
+        hashes, out = sorted(set(key_hashes)), set()
+        for i in range(0, len(hashes), 500):
+            chunk = hashes[i:i + 500]
+            marks = ", ".join("?" * len(chunk))
+            for (khash,) in self.execute(
+                    f"SELECT DISTINCT key_hash FROM {{p}}spool WHERE target = ? AND resource = ? AND kind = ? "
+                    f"AND key_hash IN ({marks})", (target, resource, UPSERT, *chunk)):
+                out.add(khash)
+        return out
+
+    def duplicate_keys(self, target: str, resource: str) -> list[tuple[str, list[tuple[str, str, int, str | None]]]]:
+        """Spooled upserts of the resource that share a natural key: (key hash, [(stream, source key, seq, natural
+        key)] in input order (seq))."""
+        rows = self.execute(
+            "SELECT s.stream, s.source_key, s.seq, s.natural_key, s.key_hash FROM {p}spool s JOIN "
+            "(SELECT key_hash FROM {p}spool WHERE target = ? AND resource = ? AND kind = ? AND key_hash IS NOT NULL "
+            "GROUP BY key_hash HAVING COUNT(*) > 1) d ON d.key_hash = s.key_hash "
+            "WHERE s.target = ? AND s.resource = ? AND s.kind = ? ORDER BY s.key_hash, s.seq",
+            (target, resource, UPSERT, target, resource, UPSERT)).fetchall()
+        out: dict[str, list[tuple[str, str, int, str | None]]] = {}
+        for stream, source_key, seq, natural_key, khash in rows:
+            out.setdefault(khash, []).append((stream, source_key, int(seq), natural_key))
+        return list(out.items())
+
+    def spool_counts(self, target: str, first_seq: int) -> dict[str, tuple[int, int]]:
+        """resource -> (records spooled from ``first_seq`` on, those spooled before it by an earlier run), leaving
+        out the rows the sender made itself (``stream#...``)."""
+        out: dict[str, tuple[int, int]] = {}
+        for resource, now, before in self.execute(
+                "SELECT resource, SUM(CASE WHEN seq >= ? THEN 1 ELSE 0 END), SUM(CASE WHEN seq < ? THEN 1 ELSE 0 END) "
+                "FROM {p}spool WHERE target = ? AND stream NOT LIKE ? GROUP BY resource",
+                (first_seq, first_seq, target, "%#%")):
+            out[resource] = (int(now or 0), int(before or 0))
+        return out
 
     def touch(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """(source_stream, source_key, stream_version, run_id, updated_at, log_id): an unchanged item seen again."""
@@ -499,10 +546,14 @@ class TransactionLog:
               ) -> list[tuple[int, str, str, str, str]]:
         """(log_id, resource, key_hash, natural_key, edfi_id) of live items a stream sent before ``version``."""
         rows = self.execute(
-            "SELECT log_id, resource, key_hash, natural_key, edfi_id FROM {p}transaction_log "
+            "SELECT log_id, resource, key_hash, natural_key, edfi_id FROM {p}transaction_log l "
             "WHERE target = ? AND source_stream = ? AND NOT deleted AND edfi_id IS NOT NULL "
-            "AND (stream_version IS NULL OR stream_version < ?) AND log_id > ? ORDER BY log_id LIMIT ?",
-            (target, stream, version, after, limit)).fetchall()
+            "AND (stream_version IS NULL OR stream_version < ?) AND log_id > ? "
+            # an item a spooled delete already concerns (the old item of a key change, a deleted record) is
+            # deleted by that one
+            "AND NOT EXISTS (SELECT 1 FROM {p}spool d WHERE d.target = l.target AND d.resource = l.resource "
+            "AND d.kind = ? AND d.key_hash = l.key_hash) ORDER BY log_id LIMIT ?",
+            (target, stream, version, after, DELETE, limit)).fetchall()
         return [tuple(r) for r in rows]
 
     # -- runs --------------------------------------------------------------------------------------------
