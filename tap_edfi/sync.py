@@ -16,6 +16,14 @@ Work flows through one bounded thread pool (``max_workers``):
    the output is deterministic, and after the last chunk of a window sets the source's bookmark to
    the window's upper change version and writes STATE. A run killed at any point resumes from
    the last STATE and re-reads at most the windows that were not finished.
+
+A window is complete only when what was read accounts for what was counted (:meth:`SyncEngine.complete`):
+the distinct ids read equal the count, or, when they differ, the API is asked again (the count now, and
+whether an item lies past what was read). Items that left the window while it was read (changed: their
+new change version is above the run's bound, the next run reads them) are honest; items that are there
+and were never read are a shortfall: the window is read again (careful paging, new items only), and if
+the shortfall persists after ``max_tries`` reads the run fails naming the stream, URL and window, and
+that stream's bookmark stays before the window.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import orjson
 
 from edfi_core.session import EdFiClient, EdFiHTTPError
 from tap_edfi.output import SingerOutput
-from tap_edfi.paging import Endpoint, PageReader, Planner, Window, fetch_chunk
+from tap_edfi.paging import Endpoint, PageReader, Planner, Window, fetch_chunk, full_url, record_ids
 from tap_edfi.progress import Progress
 from tap_edfi.streams import DELETED_AT, DELETES, ITEMS, KEY_CHANGES, EdFiStream
 
@@ -291,7 +299,8 @@ class SyncEngine:
             if exc.status == 404 and source.kind != ITEMS:
                 self.skip(source, f"the API has no {source.kind} for {source.stream.resource.path}")
                 return None
-            raise SyncError(f"stream '{source.stream.name}': {exc}") from exc
+            raise SyncError(f"stream '{source.stream.name}', planning change versions {source.lo}..{source.hi}: "
+                            f"{exc}") from exc
 
     def skip(self, source: Source, reason: str, key: str | None = None) -> None:
         key = key or f"{source.stream.name}:{source.kind}"
@@ -304,7 +313,55 @@ class SyncEngine:
         try:
             return fetch_chunk(self.reader, source.endpoint, window, window.chunks[index])
         except EdFiHTTPError as exc:
-            raise SyncError(f"stream '{source.stream.name}': {exc}") from exc
+            raise SyncError(f"stream '{source.stream.name}', {window_label(window)}: {exc}") from exc
+
+    def fetch_with_ids(self, source: Source, window: Window, index: int) -> tuple[list[Any], list[str]]:
+        """A chunk and the ids of its items (in a worker)."""
+        records = self.fetch(source, window, index)
+        return records, record_ids(records)
+
+    def complete(self, source: Source, window: Window) -> None:
+        """Make sure what was read of ``window`` accounts for what is in it (see the module docstring)."""
+        ep = source.endpoint
+        planner = self.planner if source.kind == ITEMS else self.deletes_planner
+        tries = max(1, int(self.client.max_tries))
+        reads = 1
+        while True:
+            n = len(window.seen)
+            if window.count is not None and n == window.count and window.exact_end:
+                return
+            try:
+                total, beyond = self.reader.probe_end(ep, window.lo, window.hi, n)
+            except EdFiHTTPError as exc:
+                raise SyncError(f"stream '{source.stream.name}', {window_label(window)}: {exc}") from exc
+            if not beyond and (total is None or total <= n):
+                if window.count is not None and n < window.count:
+                    logger.debug("%s, %s: %d of %d counted items left the window while it was read (changed "
+                                 "since: the next run reads them)", source.label, window_label(window), n,
+                                 window.count)
+                return
+            url = full_url(ep.url, {k: v for k, v in (("minChangeVersion", window.lo),
+                                                      ("maxChangeVersion", window.hi)) if v is not None})
+            found = f"{total if total is not None else 'no count'}{', and an item past them' if beyond else ''}"
+            if reads >= tries:
+                raise SyncError(
+                    f"stream '{source.stream.name}': {url} ({window_label(window)}) is incomplete after {reads} "
+                    f"reads: {n} distinct items read, the API now says {found}. The bookmark stays before this "
+                    "window; run the tap again, and if it persists check what answers for the API (a proxy or "
+                    "gateway that truncates or rewrites responses)")
+            reads += 1
+            logger.warning("%s: %s read %d distinct items but the API now says %s (counted %s); reading the "
+                           "window again (%d/%d)", source.label, url, n, found, window.count, reads, tries)
+            self.client.stats.count_retry("incomplete window")
+            count = max(total or 0, n + (1 if beyond else 0))
+            try:
+                again = planner.window(ep, window.lo, window.hi, count, careful=True)
+                for index in range(len(again.chunks)):
+                    records, ids = self.fetch_with_ids(source, again, index)
+                    self.emit_new(source, window, records, ids)
+            except EdFiHTTPError as exc:
+                raise SyncError(f"stream '{source.stream.name}', {window_label(window)}: {exc}") from exc
+            window.count, window.exact_end = count, again.exact_end
 
     # -- running ------------------------------------------------------------------------------------------
     def run_all(self) -> dict[str, Any]:
@@ -342,7 +399,7 @@ class SyncEngine:
                     if window.count:
                         self.progress.expect(src.stream.name, window.count)
                     for j, chunk in enumerate(window.chunks):
-                        fut = None if chunk.mode == "ready" else pool.submit(self.fetch, src, window, j)
+                        fut = None if chunk.mode == "ready" else pool.submit(self.fetch_with_ids, src, window, j)
                         pending.append(_Chunk(src, window, j, fut, chunk.records if fut is None else None))
                         self._in_flight += 1
                         self._drain(pending, self.lookahead)
@@ -372,9 +429,13 @@ class SyncEngine:
             if isinstance(item, _Marker):
                 self._marker(item)
                 continue
-            records = item.records if item.future is None else item.future.result()
+            if item.future is None:
+                records = item.records or []
+                ids = record_ids(records)
+            else:
+                records, ids = item.future.result()
             self._in_flight -= 1
-            self.emit(item.source, records)
+            self.emit_new(item.source, item.window, records, ids)
 
     def _marker(self, marker: _Marker) -> None:
         if marker.what == "schema":
@@ -383,6 +444,8 @@ class SyncEngine:
             self.progress.start(marker.stream.name)
         elif marker.what == "window_end":
             assert marker.source is not None and marker.window is not None
+            self.complete(marker.source, marker.window)
+            marker.window.seen = set()  # done with: free the ids
             if marker.window.hi is not None:
                 self.set_bookmark(marker.source.stream.name, marker.source.state_key, marker.window.hi)
             self.progress.window_done(marker.source.stream.name)
@@ -401,6 +464,16 @@ class SyncEngine:
                 self.write_state()
 
     # -- writing ------------------------------------------------------------------------------------------
+    def emit_new(self, source: Source, window: Window, records: list[Any], ids: list[str]) -> None:
+        """Emit the records of a window not emitted yet (reverse paging reads an item that moved twice)."""
+        seen = window.seen
+        fresh = []
+        for record, ident in zip(records, ids, strict=True):
+            if ident not in seen:
+                seen.add(ident)
+                fresh.append(record)
+        self.emit(source, fresh)
+
     def emit_schema(self, stream: EdFiStream) -> None:
         for msg in stream._generate_schema_messages():
             self.output.write_schema(msg.stream, msg.schema, msg.key_properties or [], msg.bookmark_properties)
@@ -443,6 +516,12 @@ class SyncEngine:
         for record in records:
             for msg in stream._generate_record_messages(record):
                 self.output.write_message(msg.to_dict())
+
+
+def window_label(window: Window) -> str:
+    if window.lo is None and window.hi is None:
+        return "all items"
+    return f"change versions {window.lo}..{window.hi}"
 
 
 _CHANGE_FIELDS = {"id": "id", "changeversion": "changeVersion", "keyvalues": "keyValues",
