@@ -77,3 +77,25 @@ def test_persistent_odd_pages_fail_naming_stream_url_and_window(kind: str, tmp_p
         assert marks["students"]["change_version"] == state["bookmarks"]["students"]["change_version"]
         assert config["client_secret"] not in err
         json.dumps(marks)
+
+
+@pytest.mark.parametrize(("version", "paging"), PAGING_CASES)
+def test_no_total_count_under_churn_loses_nothing(version: str, paging: str,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """No ``Total-Count`` anywhere and items changing during the sync: counts are probed, nothing is lost."""
+    with Sandbox(version, seed=60) as sb, OddPageProxy(sb.base_url, ["strip_count"], share=1.0) as proxy:
+        sb.set_faults(latency_ms=3)
+        config = proxied_config(sb, proxy, page_size=25, max_window_rows=250, max_workers=4, paging=paging)
+        churn = sb.start_churn(150, seed=7)
+        try:
+            with caplog.at_level(logging.WARNING):
+                first = run_tap(config)
+        finally:
+            sb.stop_churn()
+        assert churn.updates + churn.deletes > 20, "the churn did not run during the sync"
+        assert proxy.injected.get("strip_count", 0) > 100
+        assert "no Total-Count" in caplog.text
+        sb.clear_faults()
+        wh = Warehouse().apply(first)
+        wh.apply(run_tap(config, state=first.last_state))
+        assert_matches(wh, sb)
