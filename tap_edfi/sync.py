@@ -162,6 +162,7 @@ class Source:
     lo: int | None
     hi: int | None
     tombstones: bool = False  # inline deletes: /deletes entries become records with _sdc_deleted_at
+    mark: int | None = None  # the bookmark when the run started
 
     @property
     def label(self) -> str:
@@ -207,6 +208,7 @@ class SyncEngine:
         self.plan_ahead = max(8, 4 * self.max_workers)
         self.lookahead = max(2, 2 * self.max_workers)
         self.fail_on_forbidden = bool(self.settings.get("fail_on_forbidden"))
+        self.lookback = max(0, int(self.settings.get("change_version_lookback") or 0))
         self._warned: set[str] = set()
         self._state_dirty = False
         self._last_state_write = 0.0
@@ -234,7 +236,12 @@ class SyncEngine:
 
     # -- planning sources ---------------------------------------------------------------------------
     def start_for(self, stream: EdFiStream, key: str) -> int | None:
-        """The first change version to read for a source (None when the API has no change queries)."""
+        """The first change version to read for a source (None when the API has no change queries).
+
+        That is the bookmark + 1, or lower: ``<key>_recheck`` in the state is where the last run's
+        ``change_version_lookback`` began (a write takes its change version before it commits, so a write
+        still open while its window was read appears later with a version at or below the bookmark:
+        docs/change-versions.md). A state without it re-reads the lookback below the bookmark."""
         if not self.run.change_queries:
             return None
         start = int(self.settings.get("start_change_version") or 0)
@@ -247,10 +254,27 @@ class SyncEngine:
             logger.warning("%s: bookmark %s is above the API's newest change version %s (database restored?); "
                            "reading the stream again from %s", stream.name, mark, self.run.newest, start)
             return start
-        if mark + 1 < self.run.oldest and key != "change_version":
+        recheck = self.bookmark(stream.name, f"{key}_recheck")
+        if not self.lookback:
+            lo = mark + 1
+        elif recheck is not None:
+            lo = min(mark + 1, recheck)
+        else:
+            lo = max(start, mark + 1 - self.lookback)
+        if lo < self.run.oldest and key != "change_version":
             logger.warning("%s: the API keeps changes from %s only; deletes before that are lost", stream.name,
                            self.run.oldest)
-        return mark + 1
+        return lo
+
+    def advance(self, source: Source, value: int) -> None:
+        """The source is completely read up to ``value``: its bookmark, and where the next run starts re-reading
+        (the last ``change_version_lookback`` versions below this run's bound that this run read first)."""
+        name, key = source.stream.name, source.state_key
+        self.set_bookmark(name, key, value)
+        if self.run.newest is None:
+            return
+        floor = source.mark + 1 if source.mark is not None else 0  # read once before, and now again: settled
+        self.set_bookmark(name, f"{key}_recheck", min(value + 1, max(self.run.newest + 1 - self.lookback, floor)))
 
     def endpoint(self, stream: EdFiStream, kind: str) -> Endpoint:
         res = stream.resource
@@ -269,10 +293,12 @@ class SyncEngine:
         hi = self.run.newest
         if stream.kind == ITEMS:
             out = [Source(stream, self.endpoint(stream, ITEMS), ITEMS, "change_version",
-                          self.start_for(stream, "change_version"), hi)]
+                          self.start_for(stream, "change_version"), hi,
+                          mark=self.bookmark(stream.name, "change_version"))]
             if stream.inline_deletes and self.run.change_queries:
                 out.append(Source(stream, self.endpoint(stream, DELETES), DELETES, "deletes_change_version",
-                                  self.start_for(stream, "deletes_change_version"), hi, tombstones=True))
+                                  self.start_for(stream, "deletes_change_version"), hi, tombstones=True,
+                                  mark=self.bookmark(stream.name, "deletes_change_version")))
             return out
         if not self.run.change_queries:
             return []
@@ -283,7 +309,7 @@ class SyncEngine:
                             self.client.info.version_text)
             return []
         return [Source(stream, self.endpoint(stream, stream.kind), stream.kind, "change_version",
-                       self.start_for(stream, "change_version"), hi)]
+                       self.start_for(stream, "change_version"), hi, mark=self.bookmark(stream.name, "change_version"))]
 
     def plan(self, source: Source) -> list[Window] | None:
         """The windows of a source (in a worker); None when the client may not read it."""
@@ -447,7 +473,7 @@ class SyncEngine:
             self.complete(marker.source, marker.window)
             marker.window.seen = set()  # done with: free the ids
             if marker.window.hi is not None:
-                self.set_bookmark(marker.source.stream.name, marker.source.state_key, marker.window.hi)
+                self.advance(marker.source, marker.window.hi)
             self.progress.window_done(marker.source.stream.name)
             self.write_state()
         elif marker.what == "source_end" and marker.source is None:  # a skipped stream's end
@@ -457,7 +483,7 @@ class SyncEngine:
             src = marker.source
             assert src is not None
             if src.hi is not None:
-                self.set_bookmark(src.stream.name, src.state_key, src.hi)
+                self.advance(src, src.hi)
             if marker.last:
                 self.progress.finish(src.stream.name)
             if time.monotonic() - self._last_state_write > 1.0:
