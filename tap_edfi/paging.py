@@ -71,8 +71,12 @@ def record_ids(records: Iterable[Any]) -> list[str]:
     """The ``id`` of each raw item (``Id`` in 5.x /deletes), for counting what a window read."""
     out = []
     for raw in records:
-        ident = _IDENT.decode(raw)
-        out.append(ident.id or ident.Id or bytes(raw).decode("utf-8", "replace"))  # no id: the item itself
+        try:
+            ident = _IDENT.decode(raw)
+            key = ident.id or ident.Id
+        except msgspec.ValidationError:  # not an object
+            key = None
+        out.append(key or bytes(raw).decode("utf-8", "replace"))  # no id: the item itself
     return out
 
 
