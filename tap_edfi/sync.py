@@ -387,7 +387,9 @@ class SyncEngine:
                     self.emit_new(source, window, records, ids)
             except EdFiHTTPError as exc:
                 raise SyncError(f"stream '{source.stream.name}', {window_label(window)}: {exc}") from exc
-            window.count, window.exact_end = count, again.exact_end
+            # the count a re-read was planned with may itself be too low (it is what an answer said): the end of
+            # a re-read window is always probed
+            window.count, window.exact_end = count, False
 
     # -- running ------------------------------------------------------------------------------------------
     def run_all(self) -> dict[str, Any]:
