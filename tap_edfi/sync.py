@@ -580,18 +580,32 @@ def tombstone(stream: EdFiStream, item: dict[str, Any], deleted_at: str) -> dict
 
 
 # -- the SDK's per-stream path ---------------------------------------------------------------------------
+class _Collecting(SyncEngine):
+    """An engine that keeps what it would write (the SDK's per-stream path)."""
+
+    collected: list[Any]
+
+    def emit(self, source: Source, records: list[Any]) -> None:
+        self.collected.extend(records)
+
+
 def iter_stream_records(tap: TapEdFi, stream: EdFiStream) -> Iterator[dict[str, Any]]:
-    """Records of one stream, read sequentially (``--test``, dry runs, the SDK's standard tests)."""
-    engine = SyncEngine(tap, [stream], tap.run_context, output=SingerOutput())
+    """Records of one stream, read sequentially (``--test``, dry runs, the SDK's standard tests), each window
+    checked for completeness like a sync's."""
+    engine = _Collecting(tap, [stream], tap.run_context, output=SingerOutput())
     for source in engine.sources_for(stream):
         windows = engine.plan(source)
         for window in windows or []:
+            engine.collected = []
             for index in range(len(window.chunks)):
-                for raw in engine.fetch(source, window, index):
-                    item = orjson.loads(bytes(raw))
-                    if source.kind != ITEMS:
-                        item = normalize_change(item)
-                    yield tombstone(stream, item, tap.run_context.started_at) if source.tombstones else item
+                records, ids = engine.fetch_with_ids(source, window, index)
+                engine.emit_new(source, window, records, ids)
+            engine.complete(source, window)
+            for raw in engine.collected:
+                item = orjson.loads(bytes(raw))
+                if source.kind != ITEMS:
+                    item = normalize_change(item)
+                yield tombstone(stream, item, tap.run_context.started_at) if source.tombstones else item
 
 
 __all__ = ["RunContext", "SettingsError", "SyncEngine", "SyncError", "iter_stream_records", "resolve_run",

@@ -29,13 +29,17 @@ def proxied_config(sb: Sandbox, proxy: OddPageProxy, **extra: object) -> dict:
 
 
 @pytest.mark.parametrize("kinds", [SILENT, LOUD], ids=["silent", "loud"])
-@pytest.mark.parametrize(("version", "paging"), PAGING_CASES)
+@pytest.mark.parametrize(("version", "paging"), [*PAGING_CASES, ("7.3", "snapshot")])
 def test_odd_pages_lose_nothing(version: str, paging: str, kinds: tuple[str, ...],
                                 caplog: pytest.LogCaptureFixture) -> None:
     """30 % of the data pages spoiled: the run still delivers every item, and its bookmarks are the run's bound."""
     with Sandbox(version, seed=30) as sb, OddPageProxy(sb.base_url, kinds, share=0.3, seed=5) as proxy:
-        config = proxied_config(sb, proxy, page_size=20, max_window_rows=100, max_workers=4, paging=paging,
-                                max_backoff_seconds=0.05, max_tries=10)
+        modes = {"paging": paging}
+        if paging == "snapshot":  # forward pages inside the API's snapshot
+            sb.take_snapshot()
+            modes = {"paging": "auto", "use_snapshot": "always"}
+        config = proxied_config(sb, proxy, page_size=20, max_window_rows=100, max_workers=4,
+                                max_backoff_seconds=0.05, max_tries=10, **modes)
         with caplog.at_level(logging.WARNING):
             out = run_tap(config)
         assert set(proxy.injected) == set(kinds), proxy.injected  # every kind happened
