@@ -92,6 +92,7 @@ class SandboxApp:
         self.requests_by_area: dict[str, int] = {}
         self._doc_cache: dict[tuple[str, str, bool], bytes] = {}
         self._deps_cache: dict[str, bytes] = {}
+        store.commit_delay = lambda: self.faults.config.commit_delay_ms / 1000.0
 
     # -- ASGI ----------------------------------------------------------------------------------
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -257,7 +258,7 @@ class SandboxApp:
         if area == "changes":
             return await run_in_threadpool(self._changes, route.rest, req)
         if area == "data":
-            if req.method in WRITE_METHODS:
+            if req.method in WRITE_METHODS and not self.faults.config.commit_delay_ms:
                 # writes are serialized on the store's one writer anyway and take well under a millisecond:
                 # run on the event loop, sparing two thread hand-offs a request (reads, which can be long and
                 # run concurrently on their own connections, go to the thread pool)

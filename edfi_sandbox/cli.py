@@ -52,6 +52,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate-drop", type=float, default=0.0, help="fraction of connections dropped mid-response")
     p.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds of injected 429s")
     p.add_argument("--fault-seed", type=int)
+    p.add_argument("--commit-delay-ms", type=float, default=0.0,
+                   help="a write takes its change version, then commits (becomes visible) this much later, as when "
+                        "a real ODS/API's transaction is still open")
     p.add_argument("--churn", type=float, default=0.0, metavar="PER_SEC",
                    help="update/delete random items at this rate while clients read")
     p.add_argument("--admin-token", default=os.environ.get(ADMIN_ENV),
@@ -110,7 +113,7 @@ def _serve(args: argparse.Namespace) -> int:
     faults = FaultConfig(
         latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, rate_429=args.rate_429, rate_500=args.rate_500,
         rate_502=args.rate_502, rate_503=args.rate_503, rate_drop=args.rate_drop,
-        retry_after=args.retry_after, seed=args.fault_seed,
+        retry_after=args.retry_after, seed=args.fault_seed, commit_delay_ms=args.commit_delay_ms,
     )
     try:
         sandbox = Sandbox(

@@ -28,6 +28,9 @@ class FaultConfig:
     rate_drop: float = 0.0  # fraction of requests whose connection is dropped mid-response
     retry_after: int = 1  # seconds, in the Retry-After header of injected 429s
     seed: int | None = None  # random seed for reproducible faults
+    # a write takes its change version, then holds it this long before it commits and becomes visible (as on
+    # a real ODS/API, where the version comes from a sequence inside the write's transaction: docs/change-versions.md)
+    commit_delay_ms: float = 0.0
 
     def update(self, values: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}

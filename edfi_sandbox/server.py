@@ -198,7 +198,7 @@ class Sandbox:
 
     def clear_faults(self) -> None:
         self.faults.configure({k: 0 for k in ("latency_ms", "jitter_ms", "rate_429", "rate_500",
-                                               "rate_502", "rate_503", "rate_drop")})
+                                               "rate_502", "rate_503", "rate_drop", "commit_delay_ms")})
 
     def take_snapshot(self) -> str:
         return self.store.take_snapshot().identifier

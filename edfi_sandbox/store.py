@@ -25,8 +25,9 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,6 +183,8 @@ class Store:
         row = self._writer.execute("SELECT v FROM meta WHERE k = 'change_version'").fetchone()
         self._change_version = int(row[0]) if row else 0
         self._connections: list[sqlite3.Connection] = [self._writer]
+        #: seconds a write holds its change version before it commits (the ``commit_delay_ms`` fault)
+        self.commit_delay: Callable[[], float] = lambda: 0.0
 
     # -- connections ---------------------------------------------------------------------------
     @staticmethod
@@ -298,8 +301,32 @@ class Store:
         return self._change_version
 
     def _next_change_version(self) -> int:
+        reserved = getattr(self._local, "reserved", None)
+        if reserved is not None:  # taken before the write waited (commit delay)
+            self._local.reserved = None
+            return reserved
         self._change_version += 1
         return self._change_version
+
+    @contextlib.contextmanager
+    def _late_commit(self) -> Iterator[None]:
+        """With a commit delay: take the write's change version now, visible as the newest at once (the
+        sequence's current value, which ``availableChangeVersions`` reports), and commit the write only after
+        the delay. A reader meanwhile sees the newest change version but not the item that has it."""
+        delay = self.commit_delay()
+        if delay <= 0:
+            yield
+            return
+        with self._lock:
+            self._change_version += 1
+            reserved = self._change_version
+            self._save_change_version()
+        time.sleep(delay)
+        self._local.reserved = reserved
+        try:
+            yield
+        finally:
+            self._local.reserved = None
 
     def _save_change_version(self) -> None:
         self._writer.execute(
@@ -382,7 +409,7 @@ class Store:
         doc = self._prepare(res, body)
         key = res.natural_key(doc)
         hashed = key_hash(path, key)
-        with self._lock:
+        with self._late_commit(), self._lock:
             self._check_descriptors(res, doc)
             refs = self._resolve_references(res, doc)
             existing = self._writer.execute(
@@ -405,7 +432,7 @@ class Store:
         """PUT by id: update, with a key change where the resource allows it."""
         res = self.resource(path)
         doc = self._prepare(res, body)
-        with self._lock:
+        with self._late_commit(), self._lock:
             agg, old_hash, old_doc = self._item(path, item_id, if_match, "update")
             new_key = res.natural_key(doc)
             new_hash = key_hash(path, new_key)
@@ -431,7 +458,7 @@ class Store:
 
     def delete(self, path: str, item_id: str, if_match: str | None = None) -> int:
         res = self.resource(path)
-        with self._lock:
+        with self._late_commit(), self._lock:
             agg, hashed, doc = self._item(path, item_id, if_match, "delete")
             deps = self._dependents_of(self._writer, hashed)
             if deps:

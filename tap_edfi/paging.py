@@ -17,7 +17,14 @@ in one of three ways, each of which loses no item that changes while it is read:
   the data cannot change, so every page is independent and pages are read concurrently.
 
 A window whose count fits in one page is read by the counting request itself, so a collection
-with little or nothing new costs one request. Pages are kept as raw JSON (``msgspec.Raw``)
+with little or nothing new costs one request.
+
+Nothing an API answers is taken on trust (tap_edfi.sync checks every window): a 200 whose body is
+not a JSON array (empty, an object, HTML, truncated) is a named error, tried again like a 5xx
+(:class:`BadPage`); a page shorter than the count says is asked for again; the pages of a window
+always reach past its count, so a count that is too low shows as items beyond it; and when the
+API gives no ``Total-Count`` at all, counts are found by probing offsets (:meth:`PageReader.probe_count`),
+so the same windows and reverse paging lose nothing without counts either. Pages are kept as raw JSON (``msgspec.Raw``)
 slices of the response: records are written out without being parsed into Python objects.
 """
 
@@ -25,7 +32,10 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
+import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,14 +55,58 @@ MAX_PARTITIONS = 200
 Records = Sequence[Any]  # raw JSON objects (msgspec.Raw or bytes)
 
 
+class BadPage(ValueError):
+    """A successful response whose body is not the JSON array a collection page must be."""
+
+
+class _Ident(msgspec.Struct):
+    id: str | None = None
+    Id: str | None = None  # 5.x /deletes
+
+
+_IDENT = msgspec.json.Decoder(_Ident)
+
+
+def record_ids(records: Iterable[Any]) -> list[str]:
+    """The ``id`` of each raw item (``Id`` in 5.x /deletes), for counting what a window read."""
+    out = []
+    for raw in records:
+        try:
+            ident = _IDENT.decode(raw)
+            key = ident.id or ident.Id
+        except msgspec.ValidationError:  # not an object
+            key = None
+        out.append(key or bytes(raw).decode("utf-8", "replace"))  # no id: the item itself
+    return out
+
+
 def decode_page(body: bytes) -> list[Any]:
-    """The items of a JSON array response as raw JSON slices (one line each)."""
-    if not body or not body.strip():
-        return []
-    if b"\n" in body or b"\r" in body:  # pretty-printed: re-encode each item on one line
-        items = orjson.loads(body)
-        return [orjson.dumps(item) for item in items] if isinstance(items, list) else []
-    return _RAW_LIST.decode(body)
+    """The items of a JSON array response as raw JSON slices (one line each); :class:`BadPage` for
+    anything else (an empty body, an object, HTML, truncated or malformed JSON)."""
+    head = body.lstrip()[:1] if body else b""
+    if not head:
+        raise BadPage("an empty body")
+    if head != b"[":
+        what = {b"{": "a JSON object", b"<": "HTML"}.get(head, "not JSON")
+        raise BadPage(f"{what} instead of a JSON array")
+    try:
+        if b"\n" in body or b"\r" in body:  # pretty-printed: re-encode each item on one line
+            items = orjson.loads(body)
+            if not isinstance(items, list):
+                raise BadPage("not a JSON array")
+            return [orjson.dumps(item) for item in items]
+        return _RAW_LIST.decode(body)
+    except (msgspec.DecodeError, orjson.JSONDecodeError):
+        raise BadPage(f"a truncated or malformed JSON array ({len(body)} bytes)") from None
+
+
+def _total(resp: Any) -> int | None:
+    value = resp.headers.get("Total-Count")
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def full_url(url: str, params: dict[str, Any]) -> str:
+    return f"{url}?{urllib.parse.urlencode(params)}" if params else url
 
 
 @dataclass(frozen=True)
@@ -70,7 +124,7 @@ class Endpoint:
 class Chunk:
     """A part of a window read by one worker: the unit of concurrency and of ordered output."""
 
-    mode: str  # ready | reverse | offsets | cursor | scan
+    mode: str  # ready | reverse | offsets | cursor
     expected: int | None = None
     records: list[Any] | None = None  # mode "ready": already read
     offsets: tuple[int, ...] = ()
@@ -83,6 +137,11 @@ class Window:
     hi: int | None
     count: int | None
     chunks: list[Chunk]
+    #: whether reading the chunks shows by itself that nothing lies beyond ``count`` (a page past the
+    #: count, or a short last page of a counted window); otherwise the end is probed after reading
+    exact_end: bool = True
+    #: ids read so far (the sync engine's: duplicates are dropped, completeness is checked against it)
+    seen: set[str] = field(default_factory=set)
 
 
 class PageReader:
@@ -95,7 +154,9 @@ class PageReader:
         # however many threads plan and read, at most max_in_flight requests are at the API at once
         self._slots = threading.BoundedSemaphore(self.max_in_flight)
         self.page_size = page_size
-        self.count_limit = max(0, min_limit)  # 5.x/6.x refuse limit=0: a count then reads one item
+        self.count_limit = max(0, min_limit)  # 5.x/6.x refuse limit=0 (counts read one item everywhere now)
+        self._lock = threading.Lock()
+        self._warned_no_count: set[str] = set()
 
     @staticmethod
     def _range(lo: int | None, hi: int | None) -> dict[str, Any]:
@@ -113,66 +174,170 @@ class PageReader:
         check(resp, "GET", url, params)  # type: ignore[arg-type]
         return resp
 
-    def get(self, ep: Endpoint, params: dict[str, Any]) -> tuple[list[Any], Any]:
-        resp = self._request(ep, ep.url, params)
-        return decode_page(resp.content), resp
+    def _retry_wait(self, n: int) -> float:
+        client = self.client
+        delay = min(float(client.backoff_max), float(client.backoff_factor) * (2**n))
+        return delay / 2 + random.uniform(0, delay / 2)
 
-    def count_and_first(self, ep: Endpoint, lo: int | None, hi: int | None) -> tuple[int | None, list[Any]]:
-        """(Total-Count or None, the first page) in one request."""
+    def _bad(self, url: str, params: dict[str, Any], status: int, problem: str, attempt: int) -> None:
+        """A response that cannot be used: tried again like a 5xx, then :class:`EdFiHTTPError` naming it."""
+        tries = max(1, int(self.client.max_tries))
+        if attempt >= tries:
+            raise EdFiHTTPError("GET", full_url(url, params), status, problem, tries=attempt)
+        wait = self._retry_wait(attempt - 1)
+        self.client.stats.count_retry("bad body")
+        logger.warning("GET %s: HTTP %s with %s; retry %d/%d in %.1fs", full_url(url, params), status, problem,
+                       attempt, tries - 1, wait)
+        time.sleep(wait)
+
+    def get(self, ep: Endpoint, params: dict[str, Any]) -> tuple[list[Any], Any]:
+        """One page: its items (raw JSON) and the response; a body that is not a JSON array is tried again."""
+        attempt = 0
+        while True:
+            attempt += 1
+            resp = self._request(ep, ep.url, params)
+            try:
+                return decode_page(resp.content), resp
+            except BadPage as exc:
+                self._bad(ep.url, params, resp.status_code, f"{exc} (expected a JSON array of items)", attempt)
+
+    def count_and_first(self, ep: Endpoint, lo: int | None, hi: int | None) -> tuple[int, list[Any], bool]:
+        """(the count, the first page, whether the count is exact) in one request when the API counts."""
         params = {**self._range(lo, hi), "offset": 0, "limit": self.page_size, "totalCount": "true"}
         records, resp = self.get(ep, params)
-        total = resp.headers.get("Total-Count")
-        return (int(total) if total is not None and total.strip().isdigit() else None), records
+        total = _total(resp)
+        if total is None:
+            self.no_count(ep)
+            return self.probe_count(ep, lo, hi, len(records)), records, False
+        if len(records) > total:  # a count below what one page holds: not to be trusted
+            logger.warning("GET %s: Total-Count %s but the page has %s items; probing the window's end",
+                           full_url(ep.url, params), total, len(records))
+            return len(records), records, False
+        return total, records, True
 
-    def count(self, ep: Endpoint, lo: int | None, hi: int | None) -> int | None:
-        params = {**self._range(lo, hi), "offset": 0, "limit": self.count_limit, "totalCount": "true"}
-        _, resp = self.get(ep, params)
-        total = resp.headers.get("Total-Count")
-        return int(total) if total is not None and total.strip().isdigit() else None
+    def count(self, ep: Endpoint, lo: int | None, hi: int | None) -> int:
+        """The items of a range (one item is read along: a count of 0 with an item is not believed)."""
+        params = {**self._range(lo, hi), "offset": 0, "limit": 1, "totalCount": "true"}
+        records, resp = self.get(ep, params)
+        total = _total(resp)
+        if total is None:
+            self.no_count(ep)
+            return self.probe_count(ep, lo, hi, len(records), limit=1)
+        return max(total, len(records))
+
+    def no_count(self, ep: Endpoint) -> None:
+        with self._lock:
+            if ep.kind in self._warned_no_count:
+                return
+            self._warned_no_count.add(ep.kind)
+        logger.warning("the API gives no Total-Count for %s (first seen on %s): counting windows by probing "
+                       "offsets (a few more requests per window)", "items" if ep.kind == "items" else
+                       f"/{ep.kind}", ep.url)
+
+    def _at(self, ep: Endpoint, lo: int | None, hi: int | None, offset: int, limit: int) -> int:
+        params = {**self._range(lo, hi), "offset": offset, "limit": limit}
+        return len(self.get(ep, params)[0])
+
+    def probe_count(self, ep: Endpoint, lo: int | None, hi: int | None, first: int, limit: int | None = None) -> int:
+        """Count a range without ``Total-Count``: ``first`` items were found at offset 0 (asked with ``limit``,
+        a page by default). Offsets a page apart are probed (one item each), doubling until one is empty, then
+        halving down to the last page, which is read to count its items. Items only leave a window while it is
+        read (a change gives them a version above the run's bound), so the count over-estimates, never misses."""
+        size = self.page_size
+        limit = limit or size
+        if first < limit:
+            return first
+        if limit < size:
+            head = self._at(ep, lo, hi, 0, size)
+            if head < size:  # fits one page
+                return head
+        full, empty = 0, 1  # pages: an item at full*size; none at empty*size (to be found)
+        while self._at(ep, lo, hi, empty * size, 1):
+            full, empty = empty, empty * 2
+        while empty - full > 1:
+            mid = (full + empty) // 2
+            if self._at(ep, lo, hi, mid * size, 1):
+                full = mid
+            else:
+                empty = mid
+        return full * size + self._at(ep, lo, hi, full * size, size)
+
+    def probe_end(self, ep: Endpoint, lo: int | None, hi: int | None, offset: int) -> tuple[int | None, bool]:
+        """(the range's count now, whether an item lies at ``offset``): after ``offset`` items were read, an
+        item there or a higher count means items were never read."""
+        params = {**self._range(lo, hi), "offset": offset, "limit": 1, "totalCount": "true"}
+        records, resp = self.get(ep, params)
+        return _total(resp), bool(records)
 
     def page(self, ep: Endpoint, lo: int | None, hi: int | None, offset: int) -> list[Any]:
         params = {**self._range(lo, hi), "offset": offset, "limit": self.page_size}
         return self.get(ep, params)[0]
 
+    def counted_page(self, ep: Endpoint, lo: int | None, hi: int | None, offset: int, expect: int) -> list[Any]:
+        """The page at ``offset``, asked again (at most twice) while it has fewer than the ``expect`` items the
+        count promises: a truncated page is answered honestly next time; items that left the window (churn) stay
+        gone and a second answer as short as the first ends it. Every answer is kept (duplicates are dropped
+        later): reading the same offset again can only add items."""
+        page = self.page(ep, lo, hi, offset)
+        best = len(page)
+        out = list(page)
+        for _ in range(2):
+            if best >= expect:
+                break
+            again = self.page(ep, lo, hi, offset)
+            out.extend(again)
+            if len(again) <= best:
+                break
+            best = len(again)
+        return out
+
     def reverse(self, ep: Endpoint, lo: int | None, hi: int | None, count: int) -> list[Any]:
-        """Every item of the window, read from the last page to the first; returned in offset order."""
+        """Every item of the window, read from the last page to the first; returned in offset order.
+        The last page read starts at or before ``count`` and reaches past it: a count that was too low shows
+        as items beyond it."""
         pages: list[list[Any]] = []
-        last = ((max(count, 1) - 1) // self.page_size) * self.page_size
-        for offset in range(last, -1, -self.page_size):
-            pages.append(self.page(ep, lo, hi, offset))
+        size = self.page_size
+        last = (max(count, 0) // size) * size
+        for offset in range(last, -1, -size):
+            pages.append(self.counted_page(ep, lo, hi, offset, max(0, min(size, count - offset))))
         out: list[Any] = []
         for page in reversed(pages):
             out.extend(page)
         return out
 
-    def scan(self, ep: Endpoint, lo: int | None, hi: int | None) -> list[Any]:
-        """Forward paging until a short page: for servers that give no ``Total-Count``."""
-        out: list[Any] = []
-        offset = 0
-        while True:
-            page = self.page(ep, lo, hi, offset)
-            out.extend(page)
-            if len(page) < self.page_size:
-                return out
-            offset += self.page_size
-
     def partitions(self, ep: Endpoint, lo: int | None, hi: int | None, number: int) -> list[str]:
         params = {**self._range(lo, hi), "number": max(1, min(MAX_PARTITIONS, number))}
-        resp = self._request(ep, ep.url + "/partitions", params)
-        body = orjson.loads(resp.content or b"{}")
-        tokens = body.get("pageTokens") if isinstance(body, dict) else None
-        return [str(t) for t in tokens or []]
+        url = ep.url + "/partitions"
+        attempt = 0
+        while True:
+            attempt += 1
+            resp = self._request(ep, url, params)
+            try:
+                body = orjson.loads(resp.content)
+            except orjson.JSONDecodeError:
+                body = None
+            tokens = body.get("pageTokens") if isinstance(body, dict) else None
+            if isinstance(tokens, list):
+                return [str(t) for t in tokens]
+            self._bad(url, params, resp.status_code, "a body without pageTokens (expected {\"pageTokens\": [...]})",
+                      attempt)
 
-    def cursor(self, ep: Endpoint, lo: int | None, hi: int | None, token: str) -> list[Any]:
-        """One partition, page after page following ``Next-Page-Token``."""
+    def cursor(self, ep: Endpoint, lo: int | None, hi: int | None, token: str, careful: bool = False) -> list[Any]:
+        """One partition, page after page following ``Next-Page-Token``. A short page is the end, except when
+        ``careful`` (a window read again): then a short page is asked for again once, and paging goes on until an
+        empty page or no token, so a truncated page cannot end the partition."""
         out: list[Any] = []
         next_token: str | None = token
         while next_token:
             params = {**self._range(lo, hi), "pageToken": next_token, "pageSize": self.page_size}
             page, resp = self.get(ep, params)
+            if careful and 0 < len(page) < self.page_size:
+                again, resp2 = self.get(ep, params)
+                if len(again) > len(page):
+                    page, resp = again, resp2
             out.extend(page)
-            if len(page) < self.page_size:  # nothing can enter the window: a short page is the end
-                break
+            if not page or (len(page) < self.page_size and not careful):
+                break  # nothing can enter the window: a short page is the end
             next_token = resp.headers.get("Next-Page-Token")
         return out
 
@@ -189,7 +354,6 @@ class Planner:
         self.max_window_rows = max(reader.page_size, max_window_rows)
         self.step_size = max(0, step_size)
         self.pages_per_chunk = max(1, pages_per_chunk)
-        self._warned_no_count: set[str] = set()
         # the counts and partitions of one plan are independent requests: sent together, not one by one
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -217,22 +381,14 @@ class Planner:
         windows: list[Window] = []
         firsts = self._map(lambda r: self.reader.count_and_first(ep, r[0], r[1]), ranges)
         to_split: list[tuple[int | None, int | None, int]] = []
-        for (a, b), (count, first) in zip(ranges, firsts, strict=True):
-            if count is None:
-                if len(first) < self.reader.page_size:
-                    if first:
-                        windows.append(Window(a, b, len(first), [Chunk("ready", len(first), first)]))
-                    continue
-                if ep.kind not in self._warned_no_count:
-                    self._warned_no_count.add(ep.kind)
-                    logger.warning("the API gives no Total-Count for %s (first seen on %s): reading them forward "
-                                   "page by page", "items" if ep.kind == "items" else f"/{ep.kind}", ep.url)
-                windows.append(Window(a, b, None, [Chunk("scan")]))
-                continue
+        size = self.reader.page_size
+        for (a, b), (count, first, exact) in zip(ranges, firsts, strict=True):
             if count == 0:
-                continue
-            if count <= self.reader.page_size and len(first) >= count:
-                windows.append(Window(a, b, count, [Chunk("ready", count, first)]))
+                continue  # counted 0 and the page (read along) is empty
+            if count <= size and len(first) >= count:
+                # the first page is the window: it shows its own end when it is short and the count exact
+                windows.append(Window(a, b, count, [Chunk("ready", count, first)],
+                                      exact_end=exact and len(first) < size))
                 continue
             to_split.append((a, b, count))
         windows.extend(self._split(ep, to_split))
@@ -251,38 +407,40 @@ class Planner:
                 else:
                     halve.append((lo, hi, count))
             lefts = self._map(lambda r: self.reader.count(ep, r[0], (r[0] + r[1]) // 2), halve)
+            # items only ever leave a window (a change gives them a version above the run's bound), so
+            # count - left over-estimates the right half; when it comes to nothing or less, the right half is
+            # counted itself (the count of the whole may have been too low)
+            rights = self._map(lambda r: self.reader.count(ep, (r[0][0] + r[0][1]) // 2 + 1, r[0][1]),
+                               [(h, left) for h, left in zip(halve, lefts, strict=True) if left >= h[2]])
+            counted = iter(rights)
             level = []
             for (lo, hi, count), left in zip(halve, lefts, strict=True):
                 assert lo is not None and hi is not None
-                if left is None:
-                    leaves.append((lo, hi, count))
-                    continue
                 mid = (lo + hi) // 2
-                # items only ever leave a window (a change gives them a version above the run's bound),
-                # so count - left over-estimates the right half and 0 means empty
-                right = max(0, count - left)
+                right = count - left if left < count else next(counted)
                 if left:
                     level.append((lo, mid, left))
                 if right:
                     level.append((mid + 1, hi, right))
-        return self._map(lambda r: self._window(ep, r[0], r[1], r[2]), leaves)
+        return self._map(lambda r: self.window(ep, r[0], r[1], r[2]), leaves)
 
-    def _window(self, ep: Endpoint, lo: int | None, hi: int | None, count: int) -> Window:
+    def window(self, ep: Endpoint, lo: int | None, hi: int | None, count: int, careful: bool = False) -> Window:
+        """The chunks that read a window of ``count`` items (``careful``: a window read again)."""
         size = self.reader.page_size
         if self.mode == "forward":
-            per = size * self.pages_per_chunk
-            chunks = [
-                Chunk("offsets", min(per, count - start), offsets=tuple(range(start, min(start + per, count), size)))
-                for start in range(0, count, per)
-            ]
+            # pages up to and past the count: a count that was too low shows as items beyond it
+            offsets = list(range(0, (count // size) * size + 1, size))
+            per = self.pages_per_chunk
+            chunks = [Chunk("offsets", count, offsets=tuple(offsets[i:i + per])) for i in range(0, len(offsets), per)]
             return Window(lo, hi, count, chunks)
         if self.mode == "cursor" and ep.cursor:
             number = max(1, min(MAX_PARTITIONS, math.ceil(count / (size * self.pages_per_chunk))))
             tokens = self.reader.partitions(ep, lo, hi, number)
             if tokens:
                 per = math.ceil(count / len(tokens))
-                return Window(lo, hi, count, [Chunk("cursor", per, token=t) for t in tokens])
-            return Window(lo, hi, count, [])
+                mode = "cursor_careful" if careful else "cursor"
+                return Window(lo, hi, count, [Chunk(mode, per, token=t) for t in tokens])
+            return Window(lo, hi, count, [], exact_end=False)
         return Window(lo, hi, count, [Chunk("reverse", count)])
 
 
@@ -294,15 +452,16 @@ def fetch_chunk(reader: PageReader, ep: Endpoint, window: Window, chunk: Chunk) 
         return reader.reverse(ep, window.lo, window.hi, chunk.expected or 0)
     if chunk.mode == "offsets":
         out: list[Any] = []
+        size = reader.page_size
         for offset in chunk.offsets:
-            out.extend(reader.page(ep, window.lo, window.hi, offset))
+            expect = max(0, min(size, (chunk.expected or 0) - offset))
+            out.extend(reader.counted_page(ep, window.lo, window.hi, offset, expect))
         return out
-    if chunk.mode == "cursor":
+    if chunk.mode in ("cursor", "cursor_careful"):
         assert chunk.token is not None
-        return reader.cursor(ep, window.lo, window.hi, chunk.token)
-    if chunk.mode == "scan":
-        return reader.scan(ep, window.lo, window.hi)
+        return reader.cursor(ep, window.lo, window.hi, chunk.token, careful=chunk.mode == "cursor_careful")
     raise ValueError(f"unknown chunk mode {chunk.mode!r}")
 
 
-__all__ = ["Chunk", "EdFiHTTPError", "Endpoint", "PageReader", "Planner", "Window", "decode_page", "fetch_chunk"]
+__all__ = ["BadPage", "Chunk", "EdFiHTTPError", "Endpoint", "PageReader", "Planner", "Window", "decode_page",
+           "fetch_chunk", "record_ids"]

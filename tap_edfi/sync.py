@@ -16,6 +16,14 @@ Work flows through one bounded thread pool (``max_workers``):
    the output is deterministic, and after the last chunk of a window sets the source's bookmark to
    the window's upper change version and writes STATE. A run killed at any point resumes from
    the last STATE and re-reads at most the windows that were not finished.
+
+A window is complete only when what was read accounts for what was counted (:meth:`SyncEngine.complete`):
+the distinct ids read equal the count, or, when they differ, the API is asked again (the count now, and
+whether an item lies past what was read). Items that left the window while it was read (changed: their
+new change version is above the run's bound, the next run reads them) are honest; items that are there
+and were never read are a shortfall: the window is read again (careful paging, new items only), and if
+the shortfall persists after ``max_tries`` reads the run fails naming the stream, URL and window, and
+that stream's bookmark stays before the window.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import orjson
 
 from edfi_core.session import EdFiClient, EdFiHTTPError
 from tap_edfi.output import SingerOutput
-from tap_edfi.paging import Endpoint, PageReader, Planner, Window, fetch_chunk
+from tap_edfi.paging import Endpoint, PageReader, Planner, Window, fetch_chunk, full_url, record_ids
 from tap_edfi.progress import Progress
 from tap_edfi.streams import DELETED_AT, DELETES, ITEMS, KEY_CHANGES, EdFiStream
 
@@ -154,6 +162,7 @@ class Source:
     lo: int | None
     hi: int | None
     tombstones: bool = False  # inline deletes: /deletes entries become records with _sdc_deleted_at
+    mark: int | None = None  # the bookmark when the run started
 
     @property
     def label(self) -> str:
@@ -199,6 +208,7 @@ class SyncEngine:
         self.plan_ahead = max(8, 4 * self.max_workers)
         self.lookahead = max(2, 2 * self.max_workers)
         self.fail_on_forbidden = bool(self.settings.get("fail_on_forbidden"))
+        self.lookback = max(0, int(self.settings.get("change_version_lookback") or 0))
         self._warned: set[str] = set()
         self._state_dirty = False
         self._last_state_write = 0.0
@@ -226,7 +236,12 @@ class SyncEngine:
 
     # -- planning sources ---------------------------------------------------------------------------
     def start_for(self, stream: EdFiStream, key: str) -> int | None:
-        """The first change version to read for a source (None when the API has no change queries)."""
+        """The first change version to read for a source (None when the API has no change queries).
+
+        That is the bookmark + 1, or lower: ``<key>_recheck`` in the state is where the last run's
+        ``change_version_lookback`` began (a write takes its change version before it commits, so a write
+        still open while its window was read appears later with a version at or below the bookmark:
+        docs/change-versions.md). A state without it re-reads the lookback below the bookmark."""
         if not self.run.change_queries:
             return None
         start = int(self.settings.get("start_change_version") or 0)
@@ -239,10 +254,27 @@ class SyncEngine:
             logger.warning("%s: bookmark %s is above the API's newest change version %s (database restored?); "
                            "reading the stream again from %s", stream.name, mark, self.run.newest, start)
             return start
-        if mark + 1 < self.run.oldest and key != "change_version":
+        recheck = self.bookmark(stream.name, f"{key}_recheck")
+        if not self.lookback:
+            lo = mark + 1
+        elif recheck is not None:
+            lo = min(mark + 1, recheck)
+        else:
+            lo = max(start, mark + 1 - self.lookback)
+        if lo < self.run.oldest and key != "change_version":
             logger.warning("%s: the API keeps changes from %s only; deletes before that are lost", stream.name,
                            self.run.oldest)
-        return mark + 1
+        return lo
+
+    def advance(self, source: Source, value: int) -> None:
+        """The source is completely read up to ``value``: its bookmark, and where the next run starts re-reading
+        (the last ``change_version_lookback`` versions below this run's bound that this run read first)."""
+        name, key = source.stream.name, source.state_key
+        self.set_bookmark(name, key, value)
+        if self.run.newest is None:
+            return
+        floor = source.mark + 1 if source.mark is not None else 0  # read once before, and now again: settled
+        self.set_bookmark(name, f"{key}_recheck", min(value + 1, max(self.run.newest + 1 - self.lookback, floor)))
 
     def endpoint(self, stream: EdFiStream, kind: str) -> Endpoint:
         res = stream.resource
@@ -261,10 +293,12 @@ class SyncEngine:
         hi = self.run.newest
         if stream.kind == ITEMS:
             out = [Source(stream, self.endpoint(stream, ITEMS), ITEMS, "change_version",
-                          self.start_for(stream, "change_version"), hi)]
+                          self.start_for(stream, "change_version"), hi,
+                          mark=self.bookmark(stream.name, "change_version"))]
             if stream.inline_deletes and self.run.change_queries:
                 out.append(Source(stream, self.endpoint(stream, DELETES), DELETES, "deletes_change_version",
-                                  self.start_for(stream, "deletes_change_version"), hi, tombstones=True))
+                                  self.start_for(stream, "deletes_change_version"), hi, tombstones=True,
+                                  mark=self.bookmark(stream.name, "deletes_change_version")))
             return out
         if not self.run.change_queries:
             return []
@@ -275,7 +309,7 @@ class SyncEngine:
                             self.client.info.version_text)
             return []
         return [Source(stream, self.endpoint(stream, stream.kind), stream.kind, "change_version",
-                       self.start_for(stream, "change_version"), hi)]
+                       self.start_for(stream, "change_version"), hi, mark=self.bookmark(stream.name, "change_version"))]
 
     def plan(self, source: Source) -> list[Window] | None:
         """The windows of a source (in a worker); None when the client may not read it."""
@@ -291,7 +325,8 @@ class SyncEngine:
             if exc.status == 404 and source.kind != ITEMS:
                 self.skip(source, f"the API has no {source.kind} for {source.stream.resource.path}")
                 return None
-            raise SyncError(f"stream '{source.stream.name}': {exc}") from exc
+            raise SyncError(f"stream '{source.stream.name}', planning change versions {source.lo}..{source.hi}: "
+                            f"{exc}") from exc
 
     def skip(self, source: Source, reason: str, key: str | None = None) -> None:
         key = key or f"{source.stream.name}:{source.kind}"
@@ -304,7 +339,57 @@ class SyncEngine:
         try:
             return fetch_chunk(self.reader, source.endpoint, window, window.chunks[index])
         except EdFiHTTPError as exc:
-            raise SyncError(f"stream '{source.stream.name}': {exc}") from exc
+            raise SyncError(f"stream '{source.stream.name}', {window_label(window)}: {exc}") from exc
+
+    def fetch_with_ids(self, source: Source, window: Window, index: int) -> tuple[list[Any], list[str]]:
+        """A chunk and the ids of its items (in a worker)."""
+        records = self.fetch(source, window, index)
+        return records, record_ids(records)
+
+    def complete(self, source: Source, window: Window) -> None:
+        """Make sure what was read of ``window`` accounts for what is in it (see the module docstring)."""
+        ep = source.endpoint
+        planner = self.planner if source.kind == ITEMS else self.deletes_planner
+        tries = max(1, int(self.client.max_tries))
+        reads = 1
+        while True:
+            n = len(window.seen)
+            if window.count is not None and n == window.count and window.exact_end:
+                return
+            try:
+                total, beyond = self.reader.probe_end(ep, window.lo, window.hi, n)
+            except EdFiHTTPError as exc:
+                raise SyncError(f"stream '{source.stream.name}', {window_label(window)}: {exc}") from exc
+            if not beyond and (total is None or total <= n):
+                if window.count is not None and n < window.count:
+                    logger.debug("%s, %s: %d of %d counted items left the window while it was read (changed "
+                                 "since: the next run reads them)", source.label, window_label(window), n,
+                                 window.count)
+                return
+            url = full_url(ep.url, {k: v for k, v in (("minChangeVersion", window.lo),
+                                                      ("maxChangeVersion", window.hi)) if v is not None})
+            found = f"{total if total is not None else 'no count'}{', and an item past them' if beyond else ''}"
+            if reads >= tries:
+                raise SyncError(
+                    f"stream '{source.stream.name}': {url} ({window_label(window)}) is incomplete after {reads} "
+                    f"reads: {n} distinct items read, the API now says {found}. The bookmark stays before this "
+                    "window; run the tap again, and if it persists check what answers for the API (a proxy or "
+                    "gateway that truncates or rewrites responses)")
+            reads += 1
+            logger.warning("%s: %s read %d distinct items but the API now says %s (counted %s); reading the "
+                           "window again (%d/%d)", source.label, url, n, found, window.count, reads, tries)
+            self.client.stats.count_retry("incomplete window")
+            count = max(total or 0, n + (1 if beyond else 0))
+            try:
+                again = planner.window(ep, window.lo, window.hi, count, careful=True)
+                for index in range(len(again.chunks)):
+                    records, ids = self.fetch_with_ids(source, again, index)
+                    self.emit_new(source, window, records, ids)
+            except EdFiHTTPError as exc:
+                raise SyncError(f"stream '{source.stream.name}', {window_label(window)}: {exc}") from exc
+            # the count a re-read was planned with may itself be too low (it is what an answer said): the end of
+            # a re-read window is always probed
+            window.count, window.exact_end = count, False
 
     # -- running ------------------------------------------------------------------------------------------
     def run_all(self) -> dict[str, Any]:
@@ -342,7 +427,7 @@ class SyncEngine:
                     if window.count:
                         self.progress.expect(src.stream.name, window.count)
                     for j, chunk in enumerate(window.chunks):
-                        fut = None if chunk.mode == "ready" else pool.submit(self.fetch, src, window, j)
+                        fut = None if chunk.mode == "ready" else pool.submit(self.fetch_with_ids, src, window, j)
                         pending.append(_Chunk(src, window, j, fut, chunk.records if fut is None else None))
                         self._in_flight += 1
                         self._drain(pending, self.lookahead)
@@ -372,9 +457,13 @@ class SyncEngine:
             if isinstance(item, _Marker):
                 self._marker(item)
                 continue
-            records = item.records if item.future is None else item.future.result()
+            if item.future is None:
+                records = item.records or []
+                ids = record_ids(records)
+            else:
+                records, ids = item.future.result()
             self._in_flight -= 1
-            self.emit(item.source, records)
+            self.emit_new(item.source, item.window, records, ids)
 
     def _marker(self, marker: _Marker) -> None:
         if marker.what == "schema":
@@ -383,8 +472,10 @@ class SyncEngine:
             self.progress.start(marker.stream.name)
         elif marker.what == "window_end":
             assert marker.source is not None and marker.window is not None
+            self.complete(marker.source, marker.window)
+            marker.window.seen = set()  # done with: free the ids
             if marker.window.hi is not None:
-                self.set_bookmark(marker.source.stream.name, marker.source.state_key, marker.window.hi)
+                self.advance(marker.source, marker.window.hi)
             self.progress.window_done(marker.source.stream.name)
             self.write_state()
         elif marker.what == "source_end" and marker.source is None:  # a skipped stream's end
@@ -394,13 +485,23 @@ class SyncEngine:
             src = marker.source
             assert src is not None
             if src.hi is not None:
-                self.set_bookmark(src.stream.name, src.state_key, src.hi)
+                self.advance(src, src.hi)
             if marker.last:
                 self.progress.finish(src.stream.name)
             if time.monotonic() - self._last_state_write > 1.0:
                 self.write_state()
 
     # -- writing ------------------------------------------------------------------------------------------
+    def emit_new(self, source: Source, window: Window, records: list[Any], ids: list[str]) -> None:
+        """Emit the records of a window not emitted yet (reverse paging reads an item that moved twice)."""
+        seen = window.seen
+        fresh = []
+        for record, ident in zip(records, ids, strict=True):
+            if ident not in seen:
+                seen.add(ident)
+                fresh.append(record)
+        self.emit(source, fresh)
+
     def emit_schema(self, stream: EdFiStream) -> None:
         for msg in stream._generate_schema_messages():
             self.output.write_schema(msg.stream, msg.schema, msg.key_properties or [], msg.bookmark_properties)
@@ -445,6 +546,12 @@ class SyncEngine:
                 self.output.write_message(msg.to_dict())
 
 
+def window_label(window: Window) -> str:
+    if window.lo is None and window.hi is None:
+        return "all items"
+    return f"change versions {window.lo}..{window.hi}"
+
+
 _CHANGE_FIELDS = {"id": "id", "changeversion": "changeVersion", "keyvalues": "keyValues",
                   "oldkeyvalues": "oldKeyValues", "newkeyvalues": "newKeyValues"}
 
@@ -473,18 +580,32 @@ def tombstone(stream: EdFiStream, item: dict[str, Any], deleted_at: str) -> dict
 
 
 # -- the SDK's per-stream path ---------------------------------------------------------------------------
+class _Collecting(SyncEngine):
+    """An engine that keeps what it would write (the SDK's per-stream path)."""
+
+    collected: list[Any]
+
+    def emit(self, source: Source, records: list[Any]) -> None:
+        self.collected.extend(records)
+
+
 def iter_stream_records(tap: TapEdFi, stream: EdFiStream) -> Iterator[dict[str, Any]]:
-    """Records of one stream, read sequentially (``--test``, dry runs, the SDK's standard tests)."""
-    engine = SyncEngine(tap, [stream], tap.run_context, output=SingerOutput())
+    """Records of one stream, read sequentially (``--test``, dry runs, the SDK's standard tests), each window
+    checked for completeness like a sync's."""
+    engine = _Collecting(tap, [stream], tap.run_context, output=SingerOutput())
     for source in engine.sources_for(stream):
         windows = engine.plan(source)
         for window in windows or []:
+            engine.collected = []
             for index in range(len(window.chunks)):
-                for raw in engine.fetch(source, window, index):
-                    item = orjson.loads(bytes(raw))
-                    if source.kind != ITEMS:
-                        item = normalize_change(item)
-                    yield tombstone(stream, item, tap.run_context.started_at) if source.tombstones else item
+                records, ids = engine.fetch_with_ids(source, window, index)
+                engine.emit_new(source, window, records, ids)
+            engine.complete(source, window)
+            for raw in engine.collected:
+                item = orjson.loads(bytes(raw))
+                if source.kind != ITEMS:
+                    item = normalize_change(item)
+                yield tombstone(stream, item, tap.run_context.started_at) if source.tombstones else item
 
 
 __all__ = ["RunContext", "SettingsError", "SyncEngine", "SyncError", "iter_stream_records", "resolve_run",

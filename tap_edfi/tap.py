@@ -43,6 +43,9 @@ from tap_edfi.sync import RunContext, SyncEngine, resolve_run
 
 logger = logging.getLogger(__name__)
 
+#: change versions re-read below the last run's bound (docs/change-versions.md: why this many)
+LOOKBACK_DEFAULT = 1000
+
 CONFIG_SCHEMA = th.PropertiesList(
     *api_properties(
         th.Property("change_queries_url", th.StringType,
@@ -61,6 +64,13 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property("change_version_step_size", th.IntegerType(minimum=0), default=0,
                 description="Cut each stream's change-version range into steps of this many change versions "
                             "before sizing windows by count. 0 (default): size windows by count only."),
+    th.Property("change_version_lookback", th.IntegerType(minimum=0), default=LOOKBACK_DEFAULT,
+                description="Change versions below the last run's bound that each run reads again: a write takes "
+                            "its change version when its transaction starts and becomes visible when it commits, "
+                            "so a write still open while the tap read its window shows up later below the "
+                            "bookmark. Re-read items are the same `id` (an upserting target keeps one row); once a "
+                            "run has re-read them they are not read a third time. 0 turns it off. See "
+                            "docs/change-versions.md for the default."),
     th.Property("start_change_version", th.IntegerType(minimum=0), default=0,
                 description="Where streams without a bookmark start (0: everything)."),
     th.Property("include_descriptors", th.BooleanType, default=True,
