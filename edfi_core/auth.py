@@ -11,26 +11,23 @@ secret nor a token is ever logged or put in an exception message.
 
 from __future__ import annotations
 
+import base64
 import logging
 import random
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-import requests
+from edfi_core.transport import HttpLayer, Reply, TransportError
 
 logger = logging.getLogger(__name__)
 
 #: Statuses of the token endpoint worth retrying (7.x answers 429 when a client has too many tokens).
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: Failures without a (complete) response worth retrying: refused, reset, timed out, dropped mid-body.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TransportError,)
 
 
 class AuthError(RuntimeError):
@@ -42,7 +39,7 @@ class AuthError(RuntimeError):
         self.status = status
 
 
-def _oauth_error(resp: requests.Response) -> str:
+def _oauth_error(resp: Reply) -> str:
     try:
         body = resp.json()
     except ValueError:
@@ -68,7 +65,7 @@ class TokenManager:
         client_id: str,
         client_secret: str,
         *,
-        session: requests.Session | None = None,
+        http: HttpLayer | None = None,
         scope: str | None = None,
         timeout: float | tuple[float, float] = (10.0, 60.0),
         max_tries: int = 5,
@@ -81,7 +78,7 @@ class TokenManager:
         self._client_id = client_id
         self._client_secret = client_secret
         self.scope = scope
-        self.session = session or requests.Session()
+        self.http = http if http is not None else HttpLayer()  # the client's one HTTP layer
         self.timeout = timeout
         self.max_tries = max(1, max_tries)
         self.margin = margin
@@ -121,18 +118,19 @@ class TokenManager:
         return token, {"Authorization": f"Bearer {token}"}
 
     # -- fetching -----------------------------------------------------------------------------
-    def _request(self, basic: bool) -> requests.Response:
+    def _request(self, basic: bool) -> Reply:
         form: dict[str, Any] = {"grant_type": "client_credentials"}
         if self.scope:
             form["scope"] = self.scope
-        auth = None
+        headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
         if basic:
-            auth = (self._client_id, self._client_secret)
+            pair = f"{self._client_id}:{self._client_secret}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         else:
             form["client_id"] = self._client_id
             form["client_secret"] = self._client_secret
-        return self.session.post(self.token_url, data=form, auth=auth, timeout=self.timeout,
-                                 headers={"Accept": "application/json"})
+        # one try through the HTTP layer (proxies, CA bundle, deadline); _fetch retries
+        return self.http.send("POST", self.token_url, body=urllib.parse.urlencode(form).encode(), headers=headers)
 
     def _fetch(self) -> None:
         """Get a new token (the caller holds the lock)."""
@@ -149,7 +147,7 @@ class TokenManager:
                         self._use_basic = False
                         resp = body_resp
             except TRANSIENT_ERRORS as exc:
-                last_error = f"{type(exc).__name__}"
+                last_error = getattr(exc, "reason", "") or f"{type(exc).__name__}"
                 status = None
             else:
                 status = resp.status_code
@@ -173,7 +171,7 @@ class TokenManager:
         raise AuthError(f"token request to {self.token_url} failed after {self.max_tries} tries: {last_error}",
                         url=self.token_url)
 
-    def _accept(self, resp: requests.Response) -> None:
+    def _accept(self, resp: Reply) -> None:
         try:
             body = resp.json()
             token = body["access_token"]

@@ -97,7 +97,8 @@ def run_tap(config: dict[str, Any], state: dict[str, Any] | None = None,
 
 
 def run_tap_process(config: dict[str, Any], tmp: Path, state: dict[str, Any] | None = None,
-                    args: Iterable[str] = (), timeout: float = 120) -> subprocess.CompletedProcess:
+                    args: Iterable[str] = (), timeout: float = 120,
+                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     cfg = tmp / "config.json"
     cfg.write_text(json.dumps(config))
     cmd = [TAP, "--config", str(cfg), *args]
@@ -105,7 +106,8 @@ def run_tap_process(config: dict[str, Any], tmp: Path, state: dict[str, Any] | N
         st = tmp / "state.json"
         st.write_text(json.dumps(state))
         cmd += ["--state", str(st)]
-    return subprocess.run(cmd, capture_output=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(cmd, capture_output=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
 # -- the target side -------------------------------------------------------------------------------------
