@@ -8,18 +8,27 @@ a front that drips its responses, a port that never answers, a cleartext listene
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from edfi_sandbox.server import Sandbox
 from tests.conftest import DESCRIPTORS
 from tests.http_support import ForwardProxy, HungPort, ReverseProxy, private_ca
-from tests.tap_support import Output, run_tap_process, tap_config
-from tests.target_support import content, diff_content, run_target_process, singer_messages, target_config
+from tests.tap_support import Output, run_tap, run_tap_process, tap_config
+from tests.target_support import (
+    content,
+    diff_content,
+    run_target,
+    run_target_process,
+    singer_messages,
+    target_config,
+)
 
 NO_ENV_CA = {"REQUESTS_CA_BUNDLE": "", "CURL_CA_BUNDLE": "", "SSL_CERT_FILE": ""}
 NO_ENV_PROXY = {"HTTP_PROXY": "", "http_proxy": "", "HTTPS_PROXY": "", "https_proxy": "", "ALL_PROXY": "",
@@ -204,19 +213,19 @@ def test_an_https_api_advertising_http_urls_gets_no_credential_in_cleartext(make
     a = make_sandbox("7.3", seed=1)
     b = make_sandbox("7.3")
     total = total_items(a)
-    env = {**NO_ENV_PROXY, **NO_ENV_CA}
+    env = {**NO_ENV_PROXY, **NO_ENV_CA, "REQUESTS_CA_BUNDLE": str(ca.ca)}
     with ReverseProxy(a.base_url) as clear_a, ReverseProxy(b.base_url) as clear_b, \
             ReverseProxy(a.base_url, tls=ca.server_context(), host=f"127.0.0.1:{clear_a.port}") as front_a, \
             ReverseProxy(b.base_url, tls=ca.server_context(), host=f"127.0.0.1:{clear_b.port}") as front_b:
-        config = {**tap_config(a), "base_url": root_via(front_a, a), "ca_bundle": str(ca.ca)}
+        config = {**tap_config(a), "base_url": root_via(front_a, a)}
         tap = run_tap_process(config, tmp_path, env=env)
         assert clear_a.seen == []  # not one request in cleartext, let alone with credentials
         assert tap.returncode == 0, stderr_of(tap)[-3000:]
         assert len(Output(tap.stdout).records) == total
         assert "lists http:// URLs" in stderr_of(tap)
 
-        target = run_target_process({**target_config(b, tmp_path / "log.db"), "base_url": root_via(front_b, b),
-                                     "ca_bundle": str(ca.ca)}, tap.stdout, tmp_path, env=env)
+        target = run_target_process({**target_config(b, tmp_path / "log.db"), "base_url": root_via(front_b, b)},
+                                    tap.stdout, tmp_path, env=env)
         assert clear_b.seen == []
         assert target.returncode == 0, stderr_of(target)[-3000:]
         assert diff_content(content(a), content(b)) == []
@@ -272,3 +281,16 @@ def test_no_token_or_secret_goes_to_another_origin_the_api_names(make_sandbox: A
         assert target.returncode != 0
         assert "allowed_origins" in stderr_of(target) and other.url in stderr_of(target)
         assert b.store.change_version == 0
+
+
+@pytest.mark.filterwarnings("error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning")
+def test_in_process_runs_leave_no_connection_unclosed(make_sandbox: Any, tmp_path: Path) -> None:
+    a = make_sandbox("7.3", seed=1)
+    b = make_sandbox("7.3")
+    out = run_tap(tap_config(a, page_size=50, max_window_rows=200))
+    assert len(out.records) == total_items(a)
+    run = run_target(target_config(b, tmp_path / "log.db", max_workers=8), out.raw)
+    assert run.exit_code == 0
+    assert diff_content(content(a), content(b)) == []
+    del out, run
+    gc.collect()  # a socket nobody closed would warn now, and the warning is an error
