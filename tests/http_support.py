@@ -56,14 +56,19 @@ class _Server(http.server.ThreadingHTTPServer):
         self.tls = tls
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        if self.tls is not None:
-            request.settimeout(30)
-            try:
-                request = self.tls.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError):
-                request.close()  # e.g. a client that does not trust the certificate
-                return
-        super().finish_request(request, client_address)
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(30)
+        try:
+            wrapped = self.tls.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError):
+            request.close()  # e.g. a client that does not trust the certificate
+            return
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            wrapped.close()  # the server closes the plain socket it accepted, whose descriptor this one took
 
     def handle_error(self, request: Any, client_address: Any) -> None:  # a client that went away
         pass
