@@ -97,40 +97,36 @@ class _Try:
 
 
 class _Watchdog:
-    """Shuts the socket of a try whose deadline has passed (one daemon thread, woken 5 times a second while
-    tries are in flight): the blocked read returns, and the try fails with the deadline as its reason."""
+    """Shuts the socket of a try whose deadline has passed (one daemon thread that looks 5 times a second, and
+    is never woken by a request: arming and disarming a try is a set operation under a lock): the blocked read
+    returns, and the try fails with the deadline as its reason."""
 
     TICK = 0.2
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._tries: set[_Try] = set()
         self._thread: threading.Thread | None = None
 
     def arm(self, conn: Any, deadline: float) -> _Try:
         entry = _Try(conn, deadline)
-        with self._cond:
+        with self._lock:
             self._tries.add(entry)
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="edfi-http-deadlines", daemon=True)
                 self._thread.start()
-            elif len(self._tries) == 1:
-                self._cond.notify()
         return entry
 
     def disarm(self, entry: _Try) -> None:
-        with self._cond:
+        with self._lock:
             self._tries.discard(entry)
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                if not self._tries:
-                    self._cond.wait()
-                    continue
-                self._cond.wait(self.TICK)
-                now = time.monotonic()
-                late = [t for t in self._tries if t.deadline <= now]
+            time.sleep(self.TICK)
+            now = time.monotonic()
+            with self._lock:
+                late = [t for t in self._tries if t.deadline <= now] if self._tries else []
             for entry in late:
                 sock = getattr(entry.conn, "sock", None)
                 if sock is None:
@@ -242,7 +238,12 @@ class HttpLayer:
         self.user_agent = user_agent
         if self.verify:
             self.ca_bundle = ca_bundle or env_ca_bundle() or _default_ca_bundle()
-            self._ssl = ssl.create_default_context(cafile=self.ca_bundle)
+            try:
+                self._ssl = ssl.create_default_context(cafile=self.ca_bundle)
+            except (OSError, ssl.SSLError) as exc:
+                source = "the ca_bundle setting" if ca_bundle else "REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE or SSL_CERT_FILE"
+                raise ValueError(f"the CA bundle {self.ca_bundle} ({source}) cannot be read as PEM certificates: "
+                                 f"{exc}") from exc
         else:
             self.ca_bundle = None
             self._ssl = ssl.create_default_context()
