@@ -148,6 +148,9 @@ class TokenManager:
                         resp = body_resp
             except TRANSIENT_ERRORS as exc:
                 last_error = getattr(exc, "reason", "") or f"{type(exc).__name__}"
+                if not getattr(exc, "retriable", True):  # an untrusted certificate: trying again cannot help
+                    raise AuthError(f"token request to {self.token_url} failed: {last_error}",
+                                    url=self.token_url) from exc
                 status = None
             else:
                 status = resp.status_code

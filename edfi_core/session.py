@@ -536,6 +536,8 @@ class EdFiClient:
                     continue
                 stats.count_failure()
                 reason, last, cause = exc.reason, None, exc
+                if not exc.retriable:
+                    raise EdFiHTTPError(method, full, None, reason, tries=attempt) from exc
             else:
                 stats.count_response(reply.status_code, len(reply.content))
                 if reply.status_code == 401 and auth and not renewed:

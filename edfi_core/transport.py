@@ -79,10 +79,12 @@ class TransportError(OSError):
     """One try got no complete response: ``reason`` says why (a class name such as ``RemoteDisconnected``, or
     the deadline that passed); ``stale`` when it went out on a kept-alive connection the server had closed."""
 
-    def __init__(self, reason: str, *, stale: bool = False, cause: BaseException | None = None) -> None:
+    def __init__(self, reason: str, *, stale: bool = False, retriable: bool = True,
+                 cause: BaseException | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.stale = stale
+        self.retriable = retriable  # False: trying again cannot help (an untrusted certificate)
         self.cause = cause
 
 
@@ -350,6 +352,9 @@ class HttpLayer:
             raise
         except (http.client.HTTPException, OSError) as exc:
             self._drop(key, conn)
+            if isinstance(exc, ssl.SSLCertVerificationError | ssl.CertificateError):
+                raise TransportError(f"{_reason(exc)} (the server's certificate is not trusted: give its CA in "
+                                     "ca_bundle or REQUESTS_CA_BUNDLE)", retriable=False, cause=exc) from exc
             if entry.expired or isinstance(exc, TimeoutError):  # a read that waited request_timeout is late too
                 raise TransportError(f"no complete response within {self.timeout:g} s (request_timeout)",
                                      cause=exc) from exc

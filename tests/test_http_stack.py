@@ -128,6 +128,17 @@ def test_a_private_ca_in_requests_ca_bundle_or_ca_bundle_is_trusted_by_every_req
         assert len(Output(insecure.stdout).records) == total
         assert stderr_of(insecure).count("verify_ssl is false") == 1
 
+        # https through HTTPS_PROXY: every connection is a CONNECT tunnel through the proxy, TLS to the API inside
+        with ForwardProxy() as proxy:
+            served = len(front_a.seen)
+            tunnelled = run_tap_process(config, tmp_path, env={
+                **NO_ENV_PROXY, **NO_ENV_CA, "REQUESTS_CA_BUNDLE": str(ca.ca), "HTTPS_PROXY": proxy.url,
+                "https_proxy": proxy.url})
+            assert tunnelled.returncode == 0, stderr_of(tunnelled)[-3000:]
+            assert len(Output(tunnelled.stdout).records) == total
+            assert proxy.seen and {(s.method, s.url) for s in proxy.seen} == {("CONNECT", f"127.0.0.1:{front_a.port}")}
+            assert len(front_a.seen) - served > 10
+
         # and without the CA the first request fails, naming the certificate problem
         untrusted = run_tap_process(config, tmp_path, env={**NO_ENV_PROXY, **NO_ENV_CA}, timeout=60)
         assert untrusted.returncode != 0
