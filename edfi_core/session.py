@@ -496,8 +496,8 @@ class EdFiClient:
 
         429 (honouring ``Retry-After``), 500, 502, 503, 504, timeouts and dropped connections are tried again
         with jittered exponential backoff up to ``max_tries``; a 401 renews the token once (not a try); a
-        request that went out on a kept-alive connection the server had closed is sent again at once (not a
-        try). Raises :class:`EdFiHTTPError` when the tries run out, :class:`OriginError` before anything is
+        request that went out on a kept-alive connection the server had closed is sent again at once by the
+        HTTP layer (not a try). Raises :class:`EdFiHTTPError` when the tries run out, :class:`OriginError` before anything is
         sent when ``auth`` and ``url`` is not a trusted origin, :class:`AuthError` when no token can be had.
         """
         body = orjson.dumps(json) if json is not None else data
@@ -512,7 +512,6 @@ class EdFiClient:
         stats = self.stats
         tries = self.max_tries
         renewed = False
-        stale_retried = False
         attempt = 0
         delay_n = 0
         last: Reply | None = None
@@ -528,12 +527,7 @@ class EdFiClient:
             retry_after: float | None = None
             try:
                 reply = self.http.send(method, full, body=body, headers=send_headers)
-            except TransportError as exc:
-                if exc.stale and not stale_retried:
-                    # a kept-alive connection the server closed meanwhile: the request never arrived
-                    stale_retried = True
-                    attempt -= 1
-                    continue
+            except TransportError as exc:  # (a stale kept-alive connection was already retried by the layer)
                 stats.count_failure()
                 reason, last, cause = exc.reason, None, exc
                 if not exc.retriable:

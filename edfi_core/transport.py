@@ -319,7 +319,17 @@ class HttpLayer:
     def send(self, method: str, url: str, *, body: bytes | None = None,
              headers: Mapping[str, str] | None = None) -> Reply:
         """One try: the complete response, or :class:`TransportError` (no connection within ``connect_timeout``,
-        no complete response within the deadline, refused, reset, dropped mid-body, TLS failure)."""
+        no complete response within the deadline, refused, reset, dropped mid-body, TLS failure). A request that
+        went out on a kept-alive connection the server had closed meanwhile never arrived: it is sent again at
+        once on a new connection, within the same try."""
+        try:
+            return self._send(method, url, body, headers)
+        except TransportError as exc:
+            if not exc.stale:
+                raise
+        return self._send(method, url, body, headers)
+
+    def _send(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str] | None) -> Reply:
         scheme, netloc, path, query, _ = urllib.parse.urlsplit(url)
         scheme = scheme.lower()
         key = (scheme, netloc)
