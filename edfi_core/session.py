@@ -497,8 +497,9 @@ class EdFiClient:
         429 (honouring ``Retry-After``), 500, 502, 503, 504, timeouts and dropped connections are tried again
         with jittered exponential backoff up to ``max_tries``; a 401 renews the token once (not a try); a
         request that went out on a kept-alive connection the server had closed is sent again at once by the
-        HTTP layer (not a try). Raises :class:`EdFiHTTPError` when the tries run out, :class:`OriginError` before anything is
-        sent when ``auth`` and ``url`` is not a trusted origin, :class:`AuthError` when no token can be had.
+        HTTP layer (not a try). Raises :class:`EdFiHTTPError` when the tries run out, :class:`OriginError` before
+        anything is sent when ``auth`` and ``url`` is not a trusted origin, :class:`AuthError` when no token can
+        be had.
         """
         body = orjson.dumps(json) if json is not None else data
         if isinstance(body, str):
