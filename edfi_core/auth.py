@@ -11,28 +11,24 @@ secret nor a token is ever logged or put in an exception message.
 
 from __future__ import annotations
 
+import base64
 import logging
 import random
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-import requests
-
 from edfi_core.token_cache import CachedToken, TokenCache, cache_key
+from edfi_core.transport import HttpLayer, Reply, TransportError
 
 logger = logging.getLogger(__name__)
 
 #: Statuses of the token endpoint worth retrying (7.x answers 429 when a client has too many tokens).
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: Failures without a (complete) response worth retrying: refused, reset, timed out, dropped mid-body.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TransportError,)
 
 
 class AuthError(RuntimeError):
@@ -48,7 +44,7 @@ class TooManyTokensError(AuthError):
     """7.x: the client holds as many live tokens as the API allows (``BearerTokenPerClientLimit``)."""
 
 
-def _too_many_tokens(resp: requests.Response) -> bool:
+def _too_many_tokens(resp: Reply) -> bool:
     """The ODS/API's TooManyTokensException (429, ``urn:ed-fi:api:security:authentication:too-many-tokens``)."""
     if resp.status_code != 429:
         return False
@@ -62,7 +58,7 @@ def _when(epoch: float, now: float) -> str:
     return f"{stamp} (in {max(0, round(epoch - now))}s)"
 
 
-def _oauth_error(resp: requests.Response) -> str:
+def _oauth_error(resp: Reply) -> str:
     try:
         body = resp.json()
     except ValueError:
@@ -90,7 +86,7 @@ class TokenManager:
         client_id: str,
         client_secret: str,
         *,
-        session: requests.Session | None = None,
+        http: HttpLayer | None = None,
         scope: str | None = None,
         timeout: float | tuple[float, float] = (10.0, 60.0),
         max_tries: int = 5,
@@ -104,7 +100,7 @@ class TokenManager:
         self._client_id = client_id
         self._client_secret = client_secret
         self.scope = scope
-        self.session = session or requests.Session()
+        self.http = http if http is not None else HttpLayer()  # the client's one HTTP layer
         self.timeout = timeout
         self.max_tries = max(1, max_tries)
         self.margin = margin
@@ -230,18 +226,19 @@ class TokenManager:
         return token, {"Authorization": f"Bearer {token}"}
 
     # -- fetching -----------------------------------------------------------------------------
-    def _request(self, basic: bool) -> requests.Response:
+    def _request(self, basic: bool) -> Reply:
         form: dict[str, Any] = {"grant_type": "client_credentials"}
         if self.scope:
             form["scope"] = self.scope
-        auth = None
+        headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
         if basic:
-            auth = (self._client_id, self._client_secret)
+            pair = f"{self._client_id}:{self._client_secret}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         else:
             form["client_id"] = self._client_id
             form["client_secret"] = self._client_secret
-        return self.session.post(self.token_url, data=form, auth=auth, timeout=self.timeout,
-                                 headers={"Accept": "application/json"})
+        # one try through the HTTP layer (proxies, CA bundle, deadline); _fetch retries
+        return self.http.send("POST", self.token_url, body=urllib.parse.urlencode(form).encode(), headers=headers)
 
     def _fetch(self) -> None:
         """Get a new token (the caller holds the lock)."""
@@ -258,7 +255,10 @@ class TokenManager:
                         self._use_basic = False
                         resp = body_resp
             except TRANSIENT_ERRORS as exc:
-                last_error = f"{type(exc).__name__}"
+                last_error = getattr(exc, "reason", "") or f"{type(exc).__name__}"
+                if not getattr(exc, "retriable", True):  # an untrusted certificate: trying again cannot help
+                    raise AuthError(f"token request to {self.token_url} failed: {last_error}",
+                                    url=self.token_url) from exc
                 status = None
             else:
                 status = resp.status_code
@@ -285,7 +285,7 @@ class TokenManager:
         raise AuthError(f"token request to {self.token_url} failed after {self.max_tries} tries: {last_error}",
                         url=self.token_url)
 
-    def _accept(self, resp: requests.Response) -> None:
+    def _accept(self, resp: Reply) -> None:
         try:
             body = resp.json()
             token = body["access_token"]

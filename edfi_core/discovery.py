@@ -33,7 +33,7 @@ PRIMARY_DOCUMENTS = ("resources", "descriptors")
 def _get_document(client: EdFiClient, url: str) -> dict[str, Any]:
     resp = client.request("GET", url, auth=False)
     if resp.status_code in (401, 403):  # a deployment that protects its metadata
-        resp = client.request("GET", url)
+        resp = client.request("GET", url)  # with the token: only to a trusted origin (else OriginError)
     check(resp, "GET", url)
     try:
         doc = orjson.loads(resp.content)
@@ -67,10 +67,11 @@ def document_urls(client: EdFiClient, listing: list[dict[str, Any]] | None = Non
         name = str(entry.get("name") or "").lower()
         if prefix not in DATA_SECTIONS:
             continue
+        uri = client.secure_url(str(entry["endpointUri"]), "the metadata listing")  # no https -> http
         if prefix == "" and name in PRIMARY_DOCUMENTS:
-            primary.append(entry["endpointUri"])
+            primary.append(uri)
         elif prefix == "extensions":
-            extensions.append(entry["endpointUri"])
+            extensions.append(uri)
     if not primary:
         # no listing (or an unusual one): the documents' conventional place next to the data URL
         base = client.urls.data.replace("/data/v3", "/metadata/data/v3", 1)

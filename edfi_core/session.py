@@ -4,31 +4,30 @@
 dependencies and change-query URLs of the deployment (5.x/6.x year-specific and instance
 segments, 7.x tenant/context routes, explicit overrides), then sends requests with one shared
 bearer token (:mod:`edfi_core.auth`). Transient failures (429 honouring ``Retry-After``, 500, 502,
-503, 504, timeouts, refused or dropped connections) are retried with jittered exponential backoff
-(``backoff``); a 401 renews the token once. Errors name the method, URL, status and the server's
-own message (``{"message": ...}`` bodies before 7.2, problem details after) and never a secret.
+503, 504, timeouts, refused or dropped connections) are retried with jittered exponential backoff;
+a 401 renews the token once. Every request goes through one HTTP layer (:mod:`edfi_core.transport`).
+Errors name the method, URL, status and the server's own message (``{"message": ...}`` bodies
+before 7.2, problem details after) and never a secret.
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
-import os
 import random
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+import urllib.parse
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import backoff
 import orjson
-import requests
-from requests.adapters import HTTPAdapter
 
 from edfi_core.auth import TRANSIENT_ERRORS, AuthError, TokenManager
 from edfi_core.token_cache import TokenCache
+from edfi_core.transport import HttpLayer, Reply, TransportError, origin_of
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ class EdFiHTTPError(RuntimeError):
     """A request that failed for good: names the method, URL, status and the server's message."""
 
     def __init__(self, method: str, url: str, status: int | None, message: str, *, tries: int = 1,
-                 response: requests.Response | None = None) -> None:
+                 response: Reply | None = None) -> None:
         self.method = method
         self.url = url
         self.status = status
@@ -58,19 +57,15 @@ class EdFiHTTPError(RuntimeError):
         super().__init__(text)
 
 
-class _Transient(Exception):
-    """An attempt worth retrying (internal)."""
+class OriginError(EdFiHTTPError):
+    """A request that would have sent credentials to an origin they do not belong to (never sent)."""
 
-    def __init__(self, reason: str, response: requests.Response | None = None,
-                 retry_after: float | None = None, cause: BaseException | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.response = response
-        self.retry_after = retry_after
-        self.cause = cause
+    def __init__(self, method: str, url: str, message: str) -> None:
+        super().__init__(method, url, None, message)
+        RuntimeError.__init__(self, f"{method} {url} refused: {message}")
 
 
-def server_message(resp: requests.Response | None, limit: int = 500) -> str:
+def server_message(resp: Reply | None, limit: int = 500) -> str:
     """The server's own explanation of an error response, whatever its format."""
     if resp is None:
         return ""
@@ -102,7 +97,7 @@ def server_message(resp: requests.Response | None, limit: int = 500) -> str:
     return str(data)[:limit]
 
 
-def _retry_after(resp: requests.Response) -> float | None:
+def _retry_after(resp: Reply) -> float | None:
     value = resp.headers.get("Retry-After")
     if not value:
         return None
@@ -335,7 +330,14 @@ def resolve_urls(
 
 # -- the client --------------------------------------------------------------------------------------
 class EdFiClient:
-    """Requests to one Ed-Fi API, shared by every thread of a run."""
+    """Requests to one Ed-Fi API, shared by every thread of a run.
+
+    Every request goes through one :class:`~edfi_core.transport.HttpLayer` (proxies, CA bundle, ``verify``,
+    ``connect_timeout``, ``timeout`` as the deadline of one try) and :meth:`request`'s retry rules. Credentials
+    (the token request's client id and secret, bearer tokens) go only to the origin of ``base_url``, of an
+    explicit URL override, or of ``allowed_origins``; with an https ``base_url``, ``http://`` URLs of the same
+    host in the root payload or the metadata listing are used as https (see :meth:`secure_url`).
+    """
 
     def __init__(
         self,
@@ -357,6 +359,8 @@ class EdFiClient:
         url_overrides: Mapping[str, str | None] | None = None,
         scope: str | None = None,
         verify: bool = True,
+        ca_bundle: str | None = None,
+        allowed_origins: Iterable[str] | None = None,
         user_agent: str = USER_AGENT,
         token_cache: TokenCache | None = None,
     ) -> None:
@@ -370,30 +374,59 @@ class EdFiClient:
         self.routing = {"school_year": school_year, "instance": instance, "tenant": tenant, "context": context}
         self.url_overrides = dict(url_overrides or {})
         self.stats = ClientStats()
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(4, max_workers + 4), max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.verify = verify
-        self.session.headers.update({"Accept": "application/json", "User-Agent": user_agent})
+        self.http = HttpLayer(verify=verify, ca_bundle=ca_bundle, connect_timeout=connect_timeout, timeout=timeout,
+                              pool_size=max(4, max_workers + 4), user_agent=user_agent)
+        self.origins = self._trusted_origins(allowed_origins)
+        self._upgraded: set[str] = set()
         self._client_id = client_id
         self._client_secret = client_secret
         self._scope = scope
         self._info: ApiInfo | None = None
         self._tokens: TokenManager | None = None
         self._lock = threading.Lock()
-        self._send = backoff.on_exception(
-            self._wait_gen,
-            _Transient,
-            max_tries=lambda: self.max_tries,
-            jitter=None,  # the wait generator jitters itself (and honours Retry-After)
-            on_backoff=self._on_backoff,
-            raise_on_giveup=True,
-            logger=None,  # _on_backoff logs, with the URL
-        )(self._attempt)
 
     def __repr__(self) -> str:
         return f"EdFiClient({self.base_url!r})"
+
+    # -- origins --------------------------------------------------------------------------------
+    def _trusted_origins(self, allowed: Iterable[str] | None) -> set[str]:
+        origins = {origin_of(self.base_url)}
+        origins |= {origin_of(v) for v in self.url_overrides.values() if v}
+        for entry in allowed or ():
+            parts = urllib.parse.urlsplit(str(entry).strip())
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+                raise ValueError(f"allowed_origins: {entry!r} is not an origin: write it as https://host or "
+                                 "https://host:port")
+            origins.add(origin_of(str(entry).strip()))
+        return origins
+
+    def secure_url(self, url: str, what: str = "the root payload") -> str:
+        """``url`` as it may be used: with an https ``base_url``, an ``http://`` URL of the same host (what an
+        API behind a TLS-terminating load balancer advertises) becomes the https URL of ``base_url``'s origin."""
+        base = urllib.parse.urlsplit(self.base_url)
+        parts = urllib.parse.urlsplit(url)
+        if base.scheme.lower() != "https" or parts.scheme.lower() != "http":
+            return url
+        if (parts.hostname or "").lower() != (base.hostname or "").lower():
+            return url  # another host: refused when credentials would go there (check_origin)
+        secure = urllib.parse.urlunsplit(("https", base.netloc, parts.path, parts.query, parts.fragment))
+        key = origin_of(url)
+        if key not in self._upgraded:
+            self._upgraded.add(key)
+            logger.warning("%s lists http:// URLs (%s) although base_url is https: they are used as %s, so that no "
+                           "credential or data goes in cleartext", what, key, origin_of(secure))
+        return secure
+
+    def check_origin(self, url: str, method: str = "GET") -> None:
+        """Raise :class:`OriginError` unless credentials may be sent to ``url``."""
+        origin = origin_of(url)
+        if origin in self.origins:
+            return
+        raise OriginError(
+            method, url,
+            f"credentials (client id and secret, bearer tokens) are only sent to the origin of base_url "
+            f"({origin_of(self.base_url)}), of an explicit URL setting, or of allowed_origins, and {origin} is "
+            f"none of them (it was named by the API). If that origin is the API's own, add it to allowed_origins")
 
     # -- discovery ------------------------------------------------------------------------------
     @property
@@ -422,6 +455,11 @@ class EdFiClient:
             raise EdFiHTTPError("GET", self.base_url + "/", resp.status_code,
                                 "not an Ed-Fi root payload (no version): is base_url the API root?")
         urls = resolve_urls(self.base_url, root, overrides=self.url_overrides, **self.routing)
+        overridden = {k for k, v in self.url_overrides.items() if v}
+        for name in ("data", "oauth", "metadata", "dependencies", "change_queries", "token_info"):
+            value = getattr(urls, name)
+            if value and name not in overridden:
+                setattr(urls, name, self.secure_url(value))
         info = ApiInfo(root, urls)
         logger.info("Ed-Fi API %s (%s), data standard %s, data at %s", info.informational_version,
                     info.root.get("build", "?"), info.data_standard or "?", urls.data)
@@ -432,8 +470,10 @@ class EdFiClient:
         if self._tokens is None:
             with self._lock:
                 if self._tokens is None:
+                    oauth = self.urls.oauth
+                    self.check_origin(oauth, "POST")  # the client secret goes there
                     self._tokens = TokenManager(
-                        self.urls.oauth, self._client_id, self._client_secret, session=self.session,
+                        oauth, self._client_id, self._client_secret, http=self.http,
                         scope=self._scope, timeout=self.timeout, max_tries=min(self.max_tries, 6),
                         on_refresh=self.stats.count_token_fetch, cache=self.token_cache,
                     )
@@ -454,100 +494,92 @@ class EdFiClient:
         data: Any = None,
         headers: Mapping[str, str] | None = None,
         auth: bool = True,
-    ) -> requests.Response:
+    ) -> Reply:
         """Send with retries; returns the final response (any non-transient status).
 
-        Raises :class:`EdFiHTTPError` when the retries run out, :class:`AuthError` when no token
-        can be had.
+        429 (honouring ``Retry-After``), 500, 502, 503, 504, timeouts and dropped connections are tried again
+        with jittered exponential backoff up to ``max_tries``; a 401 renews the token once (not a try); a
+        request that went out on a kept-alive connection the server had closed is sent again at once by the
+        HTTP layer (not a try). Raises :class:`EdFiHTTPError` when the tries run out, :class:`OriginError` before
+        anything is sent when ``auth`` and ``url`` is not a trusted origin, :class:`AuthError` when no token can
+        be had.
         """
         body = orjson.dumps(json) if json is not None else data
+        if isinstance(body, str):
+            body = body.encode()
         hdrs = dict(headers or {})
         if json is not None:
             hdrs.setdefault("Content-Type", "application/json")
-        try:
-            return self._send(method, url, params, body, hdrs, auth)
-        except _Transient as exc:
-            status = exc.response.status_code if exc.response is not None else None
-            message = server_message(exc.response) if exc.response is not None else exc.reason
-            raise EdFiHTTPError(method, _full_url(url, params), status, message, tries=self.max_tries,
-                                response=exc.response) from exc.cause
-
-    def _attempt(self, method: str, url: str, params: Mapping[str, Any] | None, body: Any,
-                 headers: dict[str, str], auth: bool) -> requests.Response:
+        full = _full_url(url, params)
+        if auth:
+            self.check_origin(full, method)
+        stats = self.stats
+        tries = self.max_tries
         renewed = False
+        attempt = 0
+        delay_n = 0
+        last: Reply | None = None
+        reason = ""
+        cause: BaseException | None = None
         while True:
-            hdrs = headers
+            attempt += 1
             token = None
+            send_headers = hdrs
             if auth:
                 token, bearer = self.tokens.auth_header()
-                hdrs = {**headers, **bearer}
+                send_headers = {**hdrs, **bearer}
+            retry_after: float | None = None
             try:
-                resp = self.session.request(method, url, params=params, data=body, headers=hdrs,
-                                            timeout=self.timeout)
-            except TRANSIENT_EXCEPTIONS as exc:
-                self.stats.count_failure()
-                raise _Transient(type(exc).__name__, cause=exc) from exc
-            self.stats.count_response(resp.status_code, len(resp.content))
-            if resp.status_code == 401 and auth and not renewed:
-                # expired or revoked: renew once (one fetch however many threads saw the 401)
-                self.tokens.invalidate(token)
-                self.stats.count_auth_renewal()
-                renewed = True
-                continue
-            if resp.status_code in RETRY_STATUSES:
-                raise _Transient(f"HTTP {resp.status_code}", resp, _retry_after(resp))
-            return resp
+                reply = self.http.send(method, full, body=body, headers=send_headers)
+            except TransportError as exc:  # (a stale kept-alive connection was already retried by the layer)
+                stats.count_failure()
+                reason, last, cause = exc.reason, None, exc
+                if not exc.retriable:
+                    raise EdFiHTTPError(method, full, None, reason, tries=attempt) from exc
+            else:
+                stats.count_response(reply.status_code, len(reply.content))
+                if reply.status_code == 401 and auth and not renewed:
+                    # expired or revoked: renew once (one fetch however many threads saw the 401)
+                    self.tokens.invalidate(token)
+                    stats.count_auth_renewal()
+                    renewed = True
+                    attempt -= 1  # a renewal is not a try
+                    continue
+                if reply.status_code not in RETRY_STATUSES:
+                    return reply
+                last, reason, cause = reply, f"HTTP {reply.status_code}", None
+                retry_after = _retry_after(reply)
+            if attempt >= tries:
+                status = last.status_code if last is not None else None
+                message = server_message(last) if last is not None else reason
+                raise EdFiHTTPError(method, full, status, message, tries=attempt, response=last) from cause
+            wait = self._wait(delay_n, retry_after)
+            delay_n += 1
+            stats.count_retry(reason)
+            logger.warning("%s %s: %s; retry %d/%d in %.1fs", method, full, reason, attempt, tries - 1, wait)
+            time.sleep(wait)
 
-    def _wait_gen(self) -> Iterator[float]:
-        """Exponential backoff with jitter; a ``Retry-After`` from the server wins."""
-        exc: Any = yield  # type: ignore[misc]
-        n = 0
-        while True:
-            delay = min(self.backoff_max, self.backoff_factor * (2**n))
-            wait = delay / 2 + random.uniform(0, delay / 2)  # "equal jitter": never zero
-            if isinstance(exc, _Transient) and exc.retry_after is not None:
-                wait = min(self.max_retry_after, exc.retry_after) + random.uniform(0, 0.25)
-            n += 1
-            exc = yield wait
-
-    def _on_backoff(self, details: dict[str, Any]) -> None:
-        exc = details.get("exception")
-        reason = exc.reason if isinstance(exc, _Transient) else "error"
-        self.stats.count_retry(reason)
-        method, url, params = details["args"][0], details["args"][1], details["args"][2]
-        logger.warning("%s %s: %s; retry %d/%d in %.1fs", method, _full_url(url, params), reason,
-                       details["tries"], self.max_tries - 1, details["wait"])
+    def _wait(self, n: int, retry_after: float | None) -> float:
+        """Exponential backoff with "equal jitter" (never zero); a ``Retry-After`` from the server wins."""
+        if retry_after is not None:
+            return min(self.max_retry_after, retry_after) + random.uniform(0, 0.25)
+        delay = min(self.backoff_max, self.backoff_factor * (2**n))
+        return delay / 2 + random.uniform(0, delay / 2)
 
     def pin_environment(self) -> None:
-        """Read proxies and the CA bundle from the environment once, not on every request (opt-in).
+        """Kept for callers: the HTTP layer reads proxies and the CA bundle from the environment once, when the
+        client is made, for every request of both plugins."""
 
-        With ``trust_env`` (the default) requests re-reads proxy variables, ``~/.netrc`` and the CA bundle
-        variables for every request, about half a millisecond of CPU each: more than a loader can afford when it
-        sends thousands of small writes. After this call the session uses what the environment says now
-        (``HTTP(S)_PROXY``/``NO_PROXY`` for the API's host, ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``); ``.netrc``
-        is not consulted (Ed-Fi requests carry their own Authorization header).
-        """
-        session = self.session
-        if not session.trust_env:
-            return
-        proxies = requests.utils.get_environ_proxies(self.base_url)
-        session.proxies.update({k: v for k, v in proxies.items() if k in ("http", "https", "all")})
-        if session.verify is True:
-            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-            if bundle:
-                session.verify = bundle
-        session.trust_env = False
-
-    def get(self, url: str, **kwargs: Any) -> requests.Response:
+    def get(self, url: str, **kwargs: Any) -> Reply:
         return self.request("GET", url, **kwargs)
 
-    def post(self, url: str, **kwargs: Any) -> requests.Response:
+    def post(self, url: str, **kwargs: Any) -> Reply:
         return self.request("POST", url, **kwargs)
 
-    def put(self, url: str, **kwargs: Any) -> requests.Response:
+    def put(self, url: str, **kwargs: Any) -> Reply:
         return self.request("PUT", url, **kwargs)
 
-    def delete(self, url: str, **kwargs: Any) -> requests.Response:
+    def delete(self, url: str, **kwargs: Any) -> Reply:
         return self.request("DELETE", url, **kwargs)
 
     def get_json(self, url: str, *, params: Mapping[str, Any] | None = None,
@@ -588,18 +620,20 @@ class EdFiClient:
         return body if isinstance(body, list) else []
 
     def close(self) -> None:
-        self.session.close()
+        """Close every connection (the client stays usable: a later request opens new ones)."""
+        self.http.close()
 
 
 def _full_url(url: str, params: Mapping[str, Any] | None) -> str:
     if not params:
         return url
-    from urllib.parse import urlencode
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    if not query:
+        return url
+    return f"{url}&{query}" if "?" in url else f"{url}?{query}"
 
-    return f"{url}?{urlencode({k: v for k, v in params.items() if v is not None})}"
 
-
-def check(resp: requests.Response, method: str, url: str, params: Mapping[str, Any] | None = None) -> None:
+def check(resp: Reply, method: str, url: str, params: Mapping[str, Any] | None = None) -> None:
     """Raise :class:`EdFiHTTPError` unless ``resp`` is a success."""
     if not resp.ok:
         raise EdFiHTTPError(method, _full_url(url, params), resp.status_code, server_message(resp),
@@ -613,6 +647,7 @@ __all__ = [
     "ClientStats",
     "EdFiClient",
     "EdFiHTTPError",
+    "OriginError",
     "check",
     "parse_version",
     "resolve_urls",

@@ -53,6 +53,16 @@ def api_properties(*extra_urls: th.Property) -> list[th.Property]:
                                 "`postgresql://` URL for runs on many hosts (table `edfi_singer_oauth_tokens`), or "
                                 "`off`. Tokens are kept by OAuth URL and client id, renewed a minute before they "
                                 "expire, and never logged."),
+        th.Property("allowed_origins", th.ArrayType(th.StringType),
+                    description="Origins (`https://host[:port]`) besides base_url's and those of explicit URL "
+                                "settings that may receive the client's credentials and tokens, for an API whose "
+                                "root payload or metadata names another host (e.g. a separate OAuth server). A "
+                                "request with credentials to any other origin is refused; with an https base_url, "
+                                "`http://` URLs of the same host are used as https."),
+        th.Property("ca_bundle", th.StringType,
+                    description="A PEM file of the CA certificates to trust (e.g. a private CA). Default: "
+                                "`REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE` or `SSL_CERT_FILE` when set, else the "
+                                "certifi bundle. Ignored when verify_ssl is false."),
     ]
 
 
@@ -62,13 +72,18 @@ def retry_properties(request_timeout: float) -> list[th.Property]:
         th.Property("max_tries", th.IntegerType(minimum=1), default=8,
                     description="Tries of one request on 429, 5xx, timeouts and dropped connections."),
         th.Property("request_timeout", th.NumberType, default=request_timeout,
-                    description="Seconds to wait for a response."),
+                    description="Deadline in seconds of one try of a request, from connecting to the last byte of "
+                                "the response; a slower try is abandoned (and retried up to max_tries)."),
+        th.Property("connect_timeout", th.NumberType, default=10,
+                    description="Seconds to wait for a TCP (and TLS) connection to the API or the proxy."),
         th.Property("max_backoff_seconds", th.NumberType, default=30,
                     description="Longest wait between two tries (a server's Retry-After may ask for more)."),
     ]
 
 
-VERIFY_SSL = th.Property("verify_ssl", th.BooleanType, default=True, description="Verify TLS certificates.")
+VERIFY_SSL = th.Property("verify_ssl", th.BooleanType, default=True,
+                         description="Verify TLS certificates. False turns verification off for every request (a CA "
+                                     "bundle in the environment does not turn it back on), with one warning.")
 
 
 def defaults_of(schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -162,12 +177,14 @@ def make_client(s: Mapping[str, Any], *, url_overrides: Mapping[str, str | None]
     """The API client for a plugin's settings (defaults applied)."""
     return EdFiClient(
         s["base_url"], s.get("client_id") or "", s.get("client_secret") or "",
-        max_workers=int(s["max_workers"]), timeout=float(s["request_timeout"]), max_tries=int(s["max_tries"]),
+        max_workers=int(s["max_workers"]), timeout=float(s["request_timeout"]),
+        connect_timeout=float(s.get("connect_timeout") or 10), max_tries=int(s["max_tries"]),
         backoff_max=float(s["max_backoff_seconds"]), school_year=s.get("school_year"),
         instance=s.get("instance"), tenant=s.get("tenant"), context=s.get("context"),
         url_overrides={"data": s.get("data_url"), "oauth": s.get("oauth_url"), "metadata": s.get("metadata_url"),
                        **(url_overrides or {})},
-        scope=s.get("scope"), verify=bool(s["verify_ssl"]), user_agent=user_agent or USER_AGENT,
+        scope=s.get("scope"), verify=bool(s["verify_ssl"]), ca_bundle=s.get("ca_bundle") or None,
+        allowed_origins=s.get("allowed_origins") or None, user_agent=user_agent or USER_AGENT,
         token_cache=open_token_cache(s.get("token_cache")),
     )
 

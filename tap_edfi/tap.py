@@ -218,8 +218,11 @@ class TapEdFi(Tap):
         selected = [s for s in self.streams.values() if isinstance(s, EdFiStream) and s.selected]
         if not selected:
             logger.warning("no stream is selected")
-        engine = SyncEngine(self, selected, self.run_context)
-        self.sync_summary = engine.run_all()
+        try:
+            engine = SyncEngine(self, selected, self.run_context)
+            self.sync_summary = engine.run_all()
+        finally:
+            self.client.close()  # every connection of the run (a later request would open new ones)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ DS5_SPECS = [str(OPENAPI / "standards_resources-ds-5.0.oas3.yml"),
              str(OPENAPI / "standards_descriptors-ds-5.0.oas3.yml")]
 VERSIONS = ("5.3", "6.1", "7.1", "7.3")
 TAP = str(REPO / ".venv" / "bin" / "tap-edfi") if (REPO / ".venv" / "bin" / "tap-edfi").exists() else "tap-edfi"
+#: plugins run as processes show an unclosed socket or file (as Meltano's PYTHONWARNINGS=once does), and fail on it
+PLUGIN_WARNINGS = {"PYTHONWARNINGS": "error::ResourceWarning"}
 
 
 def tap_config(sb: Sandbox, **extra: Any) -> dict[str, Any]:
@@ -97,7 +99,8 @@ def run_tap(config: dict[str, Any], state: dict[str, Any] | None = None,
 
 
 def run_tap_process(config: dict[str, Any], tmp: Path, state: dict[str, Any] | None = None,
-                    args: Iterable[str] = (), timeout: float = 120) -> subprocess.CompletedProcess:
+                    args: Iterable[str] = (), timeout: float = 120,
+                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     cfg = tmp / "config.json"
     cfg.write_text(json.dumps(config))
     cmd = [TAP, "--config", str(cfg), *args]
@@ -105,7 +108,10 @@ def run_tap_process(config: dict[str, Any], tmp: Path, state: dict[str, Any] | N
         st = tmp / "state.json"
         st.write_text(json.dumps(state))
         cmd += ["--state", str(st)]
-    return subprocess.run(cmd, capture_output=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.run(cmd, capture_output=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **PLUGIN_WARNINGS, **(env or {})})
+    assert b"ResourceWarning" not in proc.stderr, proc.stderr.decode("utf-8", "replace")[-3000:]
+    return proc
 
 
 # -- the target side -------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from edfi_sandbox.app import HttpError
 from edfi_sandbox.server import Sandbox
 from edfi_sandbox.store import StoreError
 from target_edfi.target import TargetEdFi
+from tests.tap_support import PLUGIN_WARNINGS
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = str(REPO / ".venv" / "bin" / "target-edfi") if (REPO / ".venv" / "bin" / "target-edfi").exists() \
@@ -82,8 +83,10 @@ def run_target_process(config: dict[str, Any], messages: bytes, tmp: Path, timeo
                        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     cfg = tmp / "target-config.json"
     cfg.write_text(json.dumps(config))
-    return subprocess.run([TARGET, "--config", str(cfg)], input=messages, capture_output=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run([TARGET, "--config", str(cfg)], input=messages, capture_output=True, timeout=timeout,
+                          env={**os.environ, **PLUGIN_WARNINGS, **(env or {})})
+    assert b"ResourceWarning" not in proc.stderr, proc.stderr.decode("utf-8", "replace")[-3000:]
+    return proc
 
 
 # -- content -------------------------------------------------------------------------------------------------
