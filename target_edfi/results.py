@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -40,6 +41,17 @@ EXAMPLES = 3
 MAX_GROUPS = 50  # failure groups per resource; more distinct messages are counted as "other messages"
 #: bad input that counts as failed records (a line that is not JSON most likely was one)
 FAILED_INPUT = ("malformed_json", "record_without_schema", "bad_record", "bad_message")
+
+
+#: a quoted value, but not the resource name of the API's "the referenced 'Student' item" messages
+_QUOTED = re.compile(r"'[^']*'(?! item)")
+
+
+def redact_values(message: str) -> str:
+    """A message with its single-quoted values (how this target's checks, jsonschema and the API quote a value
+    they reject) left out: results and log lines at INFO and above carry no source values, which may be student
+    data; the full text is logged at DEBUG only."""
+    return _QUOTED.sub("'…'", message)
 
 
 def utc_now() -> str:
@@ -110,7 +122,8 @@ class Results:
     def fail(self, resource: str, status: int | str | None, message: str, example: Any = None, *,
              counter: str = "failed", server_message: str | None = None) -> None:
         status_text = str(status) if status is not None else "no response"
-        message = message or ""
+        message = redact_values(message or "")[:300]
+        server_message = redact_values(server_message) if server_message else server_message
         with self._lock:
             res = self._res(resource)
             res.counts[counter] += 1
@@ -138,7 +151,7 @@ class Results:
         with self._lock:
             res = self._res(resource)
             res.counts["waiting"] += 1
-            res.waits[(str(status) if status is not None else "no response", message or "")] += 1
+            res.waits[(str(status) if status is not None else "no response", redact_values(message or "")[:300])] += 1
 
     @property
     def waiting(self) -> int:
@@ -250,4 +263,4 @@ class Results:
             totals["waiting"], summary["status"])
 
 
-__all__ = ["COUNTERS", "OUTCOMES", "Results", "utc_now"]
+__all__ = ["COUNTERS", "OUTCOMES", "Results", "redact_values", "utc_now"]

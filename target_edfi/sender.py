@@ -65,7 +65,7 @@ from edfi_core.openapi import ApiModel, Resource
 from edfi_core.session import EdFiClient, EdFiHTTPError, server_message
 from edfi_core.transport import Reply, Transport
 from target_edfi.payloads import Shaper, reference_keys
-from target_edfi.results import EXAMPLES, Results
+from target_edfi.results import EXAMPLES, Results, redact_values
 from target_edfi.txlog import DELETE, KEY_CHANGE, UPSERT, LogRow, TransactionLog, WorkRow
 
 logger = logging.getLogger(__name__)
@@ -1004,7 +1004,7 @@ class Sender:
         if logged <= LOG_FAILURES:
             logger.warning("%s %s (stream %s, source key %s): %s %s: kept in the spool for the next run",
                            "delete of" if deleting else "upsert of", res.path, row.stream, row.source_key, shown,
-                           message)
+                           redact_values(message))
 
     def _references_held(self, res: Resource, row: WorkRow) -> bool:
         """Whether a record references an item whose upsert waits in the spool after a transient outcome."""
@@ -1037,7 +1037,8 @@ class Sender:
         logged = self._failures_logged[res.path] = self._failures_logged.get(res.path, 0) + 1
         if logged <= LOG_FAILURES:
             logger.warning("%s %s (stream %s, source key %s): %s %s", "delete of" if deleting else "upsert of",
-                           res.path, row.stream, row.source_key, status, message)
+                           res.path, row.stream, row.source_key, status, redact_values(message))
+            logger.debug("%s: %s", res.path, message)  # the values, for whoever debugs the source
         elif logged == LOG_FAILURES + 1:
             logger.warning("%s: more failures are not logged one by one: see the results and the transaction log",
                            res.path)
@@ -1333,7 +1334,7 @@ class _AnyValue(set):
 
 def _group_message(message: str) -> str:
     """A failure message with per-record values left out, so failures group by their cause."""
-    return message[:300]
+    return redact_values(message)[:300]
 
 
 __all__ = ["Op", "Outcome", "Sender", "Workers", "classify", "computed_order", "send_order", "transient_status",

@@ -26,6 +26,7 @@ from singer_sdk.sinks import Sink
 from edfi_core.keys import canonical
 from target_edfi.mapping import DELETES, ITEMS, KEY_CHANGES, Route
 from target_edfi.payloads import DELETED_AT, Shaped, Shaper
+from target_edfi.results import redact_values
 from target_edfi.txlog import DELETE, KEY_CHANGE, UPSERT, TransactionLog
 
 if TYPE_CHECKING:
@@ -280,9 +281,7 @@ class EdFiSink(Sink):
 
 def _group(message: str) -> str:
     """Validation messages grouped by field and problem, without the values."""
-    import re
-
-    return re.sub(r"'[^']*'", "'…'", message)[:300]
+    return redact_values(message)[:300]
 
 
 __all__ = ["EdFiSink", "Spooler"]
