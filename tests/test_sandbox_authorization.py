@@ -254,3 +254,79 @@ def test_namespace_based_writes(make_sandbox) -> None:
         assert r.status_code == 201, r.text
     assert [c["contentIdentifier"] for c in vendor.get("/ed-fi/educationContents").json()] == ["A1"]
     assert admin.total("/ed-fi/educationContents") == 2
+
+
+def test_cursor_paging_partitions_and_key_changes_are_filtered(district) -> None:
+    sb, admin = district("7.3")
+    school = ClientApi(sb, "school-app")
+    # partitions and cursor pages cover exactly the school's students
+    tokens = school.get("/ed-fi/students/partitions", number=4).json()["pageTokens"]
+    assert 1 <= len(tokens) <= 4
+    seen: list[str] = []
+    for token in tokens:
+        while token:
+            page = school.get("/ed-fi/students", pageToken=token, pageSize=7)
+            assert page.status_code == 200, page.text
+            seen += [s["studentUniqueId"] for s in page.json()]
+            token = page.headers.get("Next-Page-Token") if page.json() else None
+    assert len(seen) == len(set(seen)) == 30 and not set(seen) & {"OTHER0", "OTHER1", "OTHER2"}
+    assert len(admin.get("/ed-fi/students/partitions", number=200).json()["pageTokens"]) == 33
+    assert len(school.get("/ed-fi/students/partitions", number=200).json()["pageTokens"]) == 30
+    # key changes: a student's unique id changed is 400 on 7.x; an enrollment's entry date is a key change
+    for uid in ("OTHER0", "100001"):
+        item = admin.get("/ed-fi/studentSchoolAssociations", studentUniqueId=uid).json()[0]
+        body = {k: v for k, v in item.items() if k not in ("id", "_etag", "_lastModifiedDate")}
+        body["entryDate"] = "2024-08-01"
+        assert admin.put(f"/ed-fi/studentSchoolAssociations/{item['id']}", body).status_code == 204
+    everything = admin.get("/ed-fi/studentSchoolAssociations/keyChanges", totalCount="true")
+    assert everything.headers["Total-Count"] == "2"
+    mine = school.get("/ed-fi/studentSchoolAssociations/keyChanges", totalCount="true")
+    assert mine.headers["Total-Count"] == "1"
+    assert [k["oldKeyValues"]["studentUniqueId"] for k in mine.json()] == ["100001"]
+
+
+def test_staff_through_employment_associations_on_the_real_model(make_sandbox) -> None:
+    """auth.EducationOrganizationIdToStaffUSI: staff through employment (and assignment) associations at the
+    claim's education organizations and those below them."""
+    from edfi_core.openapi import ApiModel
+    from tests.conftest import DS5_SPECS
+
+    sb = make_sandbox("7.3", model=ApiModel.from_files(DS5_SPECS),
+                      clients=("school-app:s:SIS Vendor:101", "lea-app:l:District Hosted SIS Vendor:10"))
+    admin = ClientApi(sb)
+    for path, ns, code in (("educationOrganizationCategoryDescriptors", "EducationOrganizationCategoryDescriptor",
+                            "School"),
+                           ("localEducationAgencyCategoryDescriptors", "LocalEducationAgencyCategoryDescriptor",
+                            "Independent"),
+                           ("gradeLevelDescriptors", "GradeLevelDescriptor", "Ninth grade"),
+                           ("employmentStatusDescriptors", "EmploymentStatusDescriptor", "Tenured or permanent")):
+        r = admin.post(f"/ed-fi/{path}", {"namespace": f"uri://ed-fi.org/{ns}", "codeValue": code,
+                                          "shortDescription": code})
+        assert r.status_code == 201, r.text
+    cat = "uri://ed-fi.org/EducationOrganizationCategoryDescriptor#School"
+    for lea in (10, 20):
+        r = admin.post("/ed-fi/localEducationAgencies", {
+            "localEducationAgencyId": lea, "nameOfInstitution": f"LEA {lea}",
+            "localEducationAgencyCategoryDescriptor": "uri://ed-fi.org/LocalEducationAgencyCategoryDescriptor#Independent",
+            "categories": [{"educationOrganizationCategoryDescriptor": cat}]})
+        assert r.status_code == 201, r.text
+    for school, lea in ((101, 10), (102, 10), (201, 20)):
+        r = admin.post("/ed-fi/schools", {
+            "schoolId": school, "nameOfInstitution": f"School {school}",
+            "localEducationAgencyReference": {"localEducationAgencyId": lea},
+            "educationOrganizationCategories": [{"educationOrganizationCategoryDescriptor": cat}],
+            "gradeLevels": [{"gradeLevelDescriptor": "uri://ed-fi.org/GradeLevelDescriptor#Ninth grade"}]})
+        assert r.status_code == 201, r.text
+    for staff, edorg in (("T101", 101), ("T102", 102), ("T201", 201), ("T10", 10)):
+        assert admin.post("/ed-fi/staffs", {"staffUniqueId": staff, "firstName": "T",
+                                            "lastSurname": staff}).status_code == 201
+        r = admin.post("/ed-fi/staffEducationOrganizationEmploymentAssociations", {
+            "staffReference": {"staffUniqueId": staff}, "educationOrganizationReference": {
+                "educationOrganizationId": edorg}, "hireDate": "2020-08-01",
+            "employmentStatusDescriptor": "uri://ed-fi.org/EmploymentStatusDescriptor#Tenured or permanent"})
+        assert r.status_code == 201, r.text
+    school, lea = ClientApi(sb, "school-app"), ClientApi(sb, "lea-app")
+    assert {s["staffUniqueId"] for s in school.get("/ed-fi/staffs").json()} == {"T101"}
+    assert {s["staffUniqueId"] for s in lea.get("/ed-fi/staffs").json()} == {"T101", "T102", "T10"}
+    assert school.total("/ed-fi/staffEducationOrganizationEmploymentAssociations") == 1
+    assert admin.total("/ed-fi/staffs") == 4
