@@ -468,10 +468,11 @@ class SandboxApp:
             raise HttpError(403, exc.kind, exc.message, extra=exc.errors) from exc
 
     # authorization hooks (edfi_sandbox.authorization) ------------------------------------------------
-    def _read_auth(self, res: Resource, req: Request) -> Callable | None:
-        """The store filter keeping reads to what the request's client may see (None: everything)."""
+    def _read_auth(self, res: Resource, req: Request, changes: bool = False) -> Callable | None:
+        """The store filter keeping reads (``changes``: of /deletes and /keyChanges) to what the request's client
+        may see (None: everything)."""
         scope = self.scopes.get(req.client_id or "")
-        return scope.read_filter(res) if scope is not None else None
+        return scope.read_filter(res, changes) if scope is not None else None
 
     def _check_item(self, res: Resource, req: Request, action: str, doc: Any, *, proposed: bool = False,
                     snapshot: Snapshot | None = None) -> None:
@@ -672,10 +673,10 @@ class SandboxApp:
             limit = self._int_param(req, "limit")
             limit = 25 if limit is None or limit < 0 else limit
             items = self.store.deletes(res.path, offset, limit, min_cv, max_cv, with_keys=False, snapshot=snapshot,
-                                       auth=self._read_auth(res, req))
+                                       auth=self._read_auth(res, req, changes=True))
             return self._json([{"Id": i["id"], "ChangeVersion": i["changeVersion"]} for i in items])
         offset, limit = self._paging(req)
-        auth = self._read_auth(res, req)
+        auth = self._read_auth(res, req, changes=True)
         if sub == "deletes":
             if self._total_count(req):
                 headers["Total-Count"] = str(self.store.count_deletes(res.path, min_cv, max_cv, snapshot, auth=auth))

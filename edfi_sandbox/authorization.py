@@ -29,8 +29,14 @@ CLAIM_SETS = (SANDBOX, SIS_VENDOR, DISTRICT_HOSTED)
 NO_FURTHER = "NoFurtherAuthorizationRequired"
 RELATIONSHIPS = "RelationshipsWithEdOrgsAndPeople"
 EDORGS_ONLY = "RelationshipsWithEdOrgsOnly"
+STUDENTS_ONLY = "RelationshipsWithStudentsOnly"
 NAMESPACE = "NamespaceBased"
 ACTIONS = ("Create", "Read", "Update", "Delete")
+READ_CHANGES = "ReadChanges"
+#: the action URIs the claim checks name (EdFi_Security Actions table: 0001-ResourceClaimMetadata.sql)
+ACTION_URIS = {"Create": "http://ed-fi.org/odsapi/actions/create", "Read": "http://ed-fi.org/odsapi/actions/read",
+               "Update": "http://ed-fi.org/odsapi/actions/update", "Delete": "http://ed-fi.org/odsapi/actions/delete",
+               READ_CHANGES: "http://ed-fi.org/odsapi/actions/readChanges"}
 
 #: education organization resources and the identifier each is keyed by
 EDORG_RESOURCES = {
@@ -55,21 +61,25 @@ SURVEY_DOMAIN = frozenset({"surveys", "surveyQuestions", "surveyQuestionResponse
                            "surveySections", "surveySectionResponses"})
 #: the view whose failure the 7.3 detail hints at, by the person key
 HINTS = {"studentUniqueId": "You may need to create a corresponding 'StudentSchoolAssociation' item.",
-         "contactUniqueId": "You may need to create a corresponding 'StudentContactAssociation' item.",
-         "parentUniqueId": "You may need to create a corresponding 'StudentParentAssociation' item.",
+         "contactUniqueId": "You may need to create corresponding 'StudentSchoolAssociation' and"
+                            " 'StudentContactAssociation' items.",
+         "parentUniqueId": "You may need to create corresponding 'StudentSchoolAssociation' and"
+                           " 'StudentParentAssociation' items.",
          "staffUniqueId": "You may need to create corresponding 'StaffEducationOrganizationEmploymentAssociation'"
                           " or 'StaffEducationOrganizationAssignmentAssociation' items."}
 
 
 @dataclass(frozen=True)
 class ClientSpec:
-    """One API client: ``ID:SECRET:CLAIMSET[:EDORG,...][:NAMESPACE]``."""
+    """One API client: ``ID:SECRET:CLAIMSET[:EDORG,...][:NAMESPACE]``; ``CLAIMSET+ReadChanges`` is the claim set
+    with the ReadChanges action added wherever it grants Read (as an administrator does in a copy of it)."""
 
     client_id: str
     secret: str
     claim_set: str = SANDBOX
     education_organizations: tuple[int, ...] = ()
     namespaces: tuple[str, ...] = ("uri://ed-fi.org",)
+    read_changes: bool = False
 
     @classmethod
     def parse(cls, text: str) -> ClientSpec:
@@ -77,7 +87,8 @@ class ClientSpec:
         if len(parts) < 3 or not parts[0] or not parts[1]:
             raise ValueError(f"--client wants ID:SECRET:CLAIMSET[:EDORG,...][:NAMESPACE], not {text.split(':')[0]}:...")
         cid, secret, claim_set = parts[:3]
-        claim_set = canonical_claim_set(claim_set)
+        read_changes = claim_set.lower().endswith("+readchanges")
+        claim_set = canonical_claim_set(claim_set[: -len("+readchanges")] if read_changes else claim_set)
         rest = parts[3] if len(parts) > 3 else ""
         edorgs: tuple[int, ...] = ()
         namespaces: tuple[str, ...] = ("uri://ed-fi.org",)
@@ -88,7 +99,7 @@ class ClientSpec:
                 rest = tail if sep else ""
             if rest:
                 namespaces = tuple(n for n in rest.split(",") if n)
-        return cls(cid, secret, claim_set, edorgs, namespaces)
+        return cls(cid, secret, claim_set, edorgs, namespaces, read_changes)
 
 
 def canonical_claim_set(name: str) -> str:
@@ -161,6 +172,9 @@ RESOURCE_GRANTS: dict[str, dict[str, frozenset[str]]] = {
 RESOURCE_STRATEGIES: dict[str, dict[str, str]] = {
     "courses": {"Read": NO_FURTHER},
     "organizationDepartments": dict.fromkeys(ACTIONS, RELATIONSHIPS),
+    # 2160-StudentContactAssociation-authorized-on-StudentOnly.xml (and 2150-StudentParentAssociation-... on DS 4)
+    "studentContactAssociations": dict.fromkeys(ACTIONS, STUDENTS_ONLY),
+    "studentParentAssociations": dict.fromkeys(ACTIONS, STUDENTS_ONLY),
 }
 
 
@@ -211,13 +225,21 @@ class ClientScope:
                    f"http://ed-fi.org/ods/identity/claims/domains/{domain}"]
         if not granted:
             raise self._claim_denied(res, action, lineage, resource_level=True)
-        if action not in granted:
+        asked = action
+        # 6.1's ReadChanges bit value is 0x16, which Read (0x2) satisfies; 7.x's is 0x10, which it does not
+        # (AuthorizationBasisMetadataSelector.cs v6.1, v7.1; ActionBitValueProvider.cs v7.3.2); 5.3 has no
+        # ReadChanges action
+        if action == READ_CHANGES and (self.api_version < "7" or (self.spec.read_changes and "Read" in granted)):
+            asked = "Read"
+        if asked not in granted:
             raise self._claim_denied(res, action, lineage, resource_level=False)
-        return RESOURCE_STRATEGIES.get(res.name, {}).get(action) or DEFAULTS[domain].get(action, NO_FURTHER)
+        read = "Read" if action == READ_CHANGES else action
+        return RESOURCE_STRATEGIES.get(res.name, {}).get(read) or DEFAULTS[domain].get(read, NO_FURTHER)
 
     def _claim_denied(self, res: Resource, action: str, lineage: list[str], *, resource_level: bool) -> Exception:
         cs = self.spec.claim_set
         names = "', '".join(lineage)
+        action = ACTION_URIS.get(action, action)
         if self.api_version >= "7.2":  # ClaimSetRequestEvaluator (7.3.2)
             if resource_level:
                 return AuthorizationDenied(
@@ -246,6 +268,8 @@ class ClientScope:
     # -- relationships ---------------------------------------------------------------------------
     def _subjects(self, res: Resource, strategy: str) -> list[str]:
         """The natural-key properties the relationship strategies check, in key order."""
+        if strategy == STUDENTS_ONLY:
+            return [n for n in res.key_paths if n == "studentUniqueId"]
         names = []
         for name in res.key_paths:
             if name in EDORG_KEYS or (strategy == RELATIONSHIPS and name in PERSON_KEYS):
@@ -334,10 +358,11 @@ class ClientScope:
     def _allowed(self, conn: sqlite3.Connection, name: str, including_deletes: bool) -> set[Any]:
         return self.edorgs(conn) if name in EDORG_KEYS else self.people(conn, name, including_deletes)
 
-    def read_filter(self, res: Resource) -> AuthFilter | None:
-        """The store hook that keeps a collection, its count and its tracked changes to what the client may
-        read; None when nothing is filtered. Raises :class:`AuthorizationDenied` without a read claim."""
-        strategy = self.strategy(res, "Read")
+    def read_filter(self, res: Resource, changes: bool = False) -> AuthFilter | None:
+        """The store hook that keeps a collection and its count (Read), or its tracked changes (``changes``:
+        ReadChanges), to what the client may read; None when nothing is filtered. Raises
+        :class:`AuthorizationDenied` without the claim."""
+        strategy = self.strategy(res, READ_CHANGES if changes else "Read")
         if strategy == NO_FURTHER:
             return None
         scope = self

@@ -12,7 +12,8 @@ from tests.conftest import VERSIONS
 
 LEA, SCHOOL = 867530, 867530001  # the seeded district
 OTHER_LEA, OTHER_SCHOOL = 999000, 999000001
-SCHOOL_CLIENT = f"school-app:school-secret:SIS Vendor:{SCHOOL}:uri://ed-fi.org"
+#: SIS Vendor with ReadChanges added (7.x's SIS Vendor has no ReadChanges: /deletes and /keyChanges are 403)
+SCHOOL_CLIENT = f"school-app:school-secret:SIS Vendor+ReadChanges:{SCHOOL}:uri://ed-fi.org"
 LEA_CLIENT = f"lea-app:lea-secret:District Hosted SIS Vendor:{LEA}"
 
 
@@ -217,12 +218,12 @@ def test_writes_outside_scope_are_403(district, version) -> None:
         assert r.json()["detail"] == ("Access to the requested data could not be authorized. You do not have"
                                       " permissions to perform the requested operation on the data.")
         assert r.json()["errors"] == [
-            "The API client's assigned claim set (currently 'SIS Vendor') must grant permission of the 'Create'"
-            " action on one of the following resource claims: 'http://ed-fi.org/ods/identity/claims/"
+            "The API client's assigned claim set (currently 'SIS Vendor') must grant permission of the"
+            " 'http://ed-fi.org/odsapi/actions/create' action on one of the following resource claims: 'http://ed-fi.org/ods/identity/claims/"
             "gradeLevelDescriptor', 'http://ed-fi.org/ods/identity/claims/domains/systemDescriptors'."]
     else:
         assert r.json() == {"message": "Access to the resource could not be authorized for the requested action"
-                                       " 'Create'."}
+                                       " 'http://ed-fi.org/odsapi/actions/create'."}
     # District Hosted SIS Vendor writes schools
     school_doc = admin.get("/ed-fi/schools", schoolId=SCHOOL).json()[0]
     assert lea.put(f"/ed-fi/schools/{school_doc['id']}", {
@@ -330,3 +331,28 @@ def test_staff_through_employment_associations_on_the_real_model(make_sandbox) -
     assert {s["staffUniqueId"] for s in lea.get("/ed-fi/staffs").json()} == {"T101", "T102", "T10"}
     assert school.total("/ed-fi/staffEducationOrganizationEmploymentAssociations") == 1
     assert admin.total("/ed-fi/staffs") == 4
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_read_changes_claim(make_sandbox, version) -> None:
+    """SIS Vendor grants Read, not ReadChanges: 6.1 lets Read satisfy ReadChanges (bit value 0x16), 7.x does not."""
+    sb = make_sandbox(version, seed=5,
+                      clients=(f"plain:p:SIS Vendor:{SCHOOL}", f"rc:r:SIS Vendor+ReadChanges:{SCHOOL}"))
+    plain, rc = ClientApi(sb, "plain"), ClientApi(sb, "rc")
+    assert plain.total("/ed-fi/students") == 5
+    assert rc.get("/ed-fi/students/deletes").status_code == 200
+    r = plain.get("/ed-fi/students/deletes")
+    if version < "7":
+        assert r.status_code == 200 and r.json() == []
+        return
+    assert r.status_code == 403
+    if version >= "7.2":
+        assert r.json()["type"] == "urn:ed-fi:api:security:authorization:access-denied:action"
+        assert r.json()["errors"] == [
+            "The API client's assigned claim set (currently 'SIS Vendor') must grant permission of the"
+            " 'http://ed-fi.org/odsapi/actions/readChanges' action on one of the following resource claims:"
+            " 'http://ed-fi.org/ods/identity/claims/student', 'http://ed-fi.org/ods/identity/claims/domains/people'."]
+    else:
+        assert r.json() == {"message": "Access to the resource could not be authorized for the requested action"
+                                       " 'http://ed-fi.org/odsapi/actions/readChanges'."}
+    assert plain.get("/ed-fi/students/keyChanges").status_code == 403
