@@ -986,6 +986,7 @@ class Sender:
         self.results.add(res.path, "deferred")
         self._pending.bumps.append((self.target, row.stream, row.source_key))
         self._deferred_rows += 1
+        self._done -= 1  # _settle counts this outcome as done: the record is not done yet
         logger.info("%s: an update refused (403) before the person's associations are written; sent again after "
                     "them (authorization order)", res.path)
         return True

@@ -356,3 +356,18 @@ def test_read_changes_claim(make_sandbox, version) -> None:
         assert r.json() == {"message": "Access to the resource could not be authorized for the requested action"
                                        " 'http://ed-fi.org/odsapi/actions/readChanges'."}
     assert plain.get("/ed-fi/students/keyChanges").status_code == 403
+
+
+def test_cli_client_option_is_checked(caplog) -> None:
+    """``edfi-sandbox serve --client``: a malformed one or an unknown claim set stops the start, naming the client
+    id (never its secret)."""
+    from edfi_sandbox.authorization import ClientSpec
+    from edfi_sandbox.cli import main
+
+    with caplog.at_level("ERROR"):
+        assert main(["serve", "--port", "0", "--client", "app:topsecret:Gold Vendor:1"]) == 2
+    assert "unknown claim set 'Gold Vendor'" in caplog.text and "topsecret" not in caplog.text
+    spec = ClientSpec.parse("lea:s3:District Hosted SIS Vendor+ReadChanges:10,20:uri://a.org,uri://b.org")
+    assert (spec.claim_set, spec.read_changes, spec.education_organizations, spec.namespaces) == (
+        "District Hosted SIS Vendor", True, (10, 20), ("uri://a.org", "uri://b.org"))
+    assert ClientSpec.parse("x:y:SIS Vendor:uri://acme.org").namespaces == ("uri://acme.org",)
