@@ -138,3 +138,15 @@ def test_target_loads_a_district_as_its_client_in_authorization_order(make_sandb
     # enrollments (EXIST1 then succeeds, OTHER0 is refused again)
     assert counter.statuses[("POST", 403)] == 4, counter.statuses
     assert counter.counts["POST"] == 5 + 1 + 1 + 4, counter.counts
+
+
+def test_tap_without_read_changes_on_7x_says_so(make_sandbox, caplog) -> None:
+    """A 7.x SIS Vendor key has no ReadChanges: the tap reads the items and skips deletes and key changes with a
+    warning that quotes the API's 403 (not silently)."""
+    sb = make_sandbox("7.3", seed=30, clients=(f"plain:p:SIS Vendor:{SCHOOL}",))
+    with caplog.at_level("WARNING"):
+        out = run_tap(tap_config(sb, client_id="plain", client_secret="p", deletes="streams",
+                                 include_descriptors=False, resources=["students"]))
+    assert len(out.stream_records(_stream(Warehouse().apply(out), "students"))) == 30
+    assert "must grant permission of the 'http://ed-fi.org/odsapi/actions/readChanges' action" in caplog.text
+    assert "not authorized" in caplog.text
