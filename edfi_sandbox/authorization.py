@@ -372,7 +372,11 @@ class ClientScope:
             parts: list[str] = []
             args: list[Any] = []
             if strategy == NAMESPACE:
-                column = "json_extract(old_key, '$.namespace')" if tracked else "json_extract(doc, '$.namespace')"
+                npath = _namespace_path(res)
+                if npath is None:  # nothing to check the prefix against
+                    return "1", []
+                column = ("json_extract(old_key, '$.namespace')" if tracked
+                          else f"json_extract(doc, '$.{'.'.join(npath)}')")
                 ors = " OR ".join(f"{column} LIKE ?" for _ in scope.spec.namespaces) or "0"
                 parts.append(f"({ors})")
                 args += [ns.replace("%", "") + "%" for ns in scope.spec.namespaces]
@@ -395,9 +399,10 @@ class ClientScope:
             return
         self._cache.clear()
         if strategy == NAMESPACE:
-            value = doc.get("namespace") if isinstance(doc, dict) else None
-            if "namespace" not in res.field_paths and "namespace" not in (res.schema.get("properties") or {}):
+            npath = _namespace_path(res)
+            if npath is None:
                 return
+            value = _dig(doc, npath)
             if not any(isinstance(value, str) and value.startswith(ns) for ns in self.spec.namespaces):
                 prefixes = "', '".join(self.spec.namespaces)
                 text = ("Access to the resource item could not be authorized because the Namespace of the resource"
@@ -442,6 +447,14 @@ class ClientScope:
         if hints:  # EntityInstanceViewBasedFilterAuthorizer (7.3.2)
             detail += " Hint: " + " ".join(hints)
         return AuthorizationDenied("security:authorization", detail, [text])
+
+
+def _namespace_path(res: Resource) -> tuple[str, ...] | None:
+    """Where an item keeps the namespace the NamespaceBased strategy checks (``namespace``, or the referenced
+    assessment's, as in ``assessmentReference.namespace``)."""
+    if "namespace" in (res.schema.get("properties") or {}):
+        return ("namespace",)
+    return res.key_paths.get("namespace") or res.field_paths.get("namespace")
 
 
 def _dig(doc: Any, path: tuple[str, ...]) -> Any:

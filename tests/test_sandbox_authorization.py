@@ -255,6 +255,26 @@ def test_namespace_based_writes(make_sandbox) -> None:
         assert r.status_code == 201, r.text
     assert [c["contentIdentifier"] for c in vendor.get("/ed-fi/educationContents").json()] == ["A1"]
     assert admin.total("/ed-fi/educationContents") == 2
+    # assessment metadata: assessments by their namespace, student assessments by their assessment's
+    subject = "uri://ed-fi.org/AcademicSubjectDescriptor#Mathematics"
+    assert admin.post("/ed-fi/academicSubjectDescriptors", {"namespace": "uri://ed-fi.org/AcademicSubjectDescriptor",
+                                                            "codeValue": "Mathematics",
+                                                            "shortDescription": "Math"}).status_code == 201
+    assert admin.post("/ed-fi/students", student("S1")).status_code == 201
+    for ns in ("uri://acme.org/assessments", "uri://other.org/assessments"):
+        r = admin.post("/ed-fi/assessments", {"assessmentIdentifier": "MATH", "namespace": ns,
+                                              "assessmentTitle": "Math", "academicSubjects": [
+                                                  {"academicSubjectDescriptor": subject}]})
+        assert r.status_code == 201, r.text
+        r = admin.post("/ed-fi/studentAssessments", {
+            "studentAssessmentIdentifier": "SA1", "assessmentReference": {"assessmentIdentifier": "MATH",
+                                                                          "namespace": ns},
+            "studentReference": {"studentUniqueId": "S1"}, "administrationDate": "2024-09-16T00:00:00Z"})
+        assert r.status_code == 201, r.text
+    assert [a["namespace"] for a in vendor.get("/ed-fi/assessments").json()] == ["uri://acme.org/assessments"]
+    assert [a["assessmentReference"]["namespace"] for a in vendor.get("/ed-fi/studentAssessments").json()] == [
+        "uri://acme.org/assessments"]
+    assert admin.total("/ed-fi/studentAssessments") == 2
 
 
 def test_cursor_paging_partitions_and_key_changes_are_filtered(district) -> None:
