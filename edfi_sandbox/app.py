@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from edfi_core.dependencies import dependency_graph, dependency_items, graphml
 from edfi_core.openapi import ApiModel, Resource
 from edfi_sandbox.auth import OAuthError, TokenRegistry, TooManyTokens
+from edfi_sandbox.authorization import AuthorizationDenied, ClientScope
 from edfi_sandbox.config import SandboxConfig
 from edfi_sandbox.errors import error_body
 from edfi_sandbox.faults import FaultInjector
@@ -61,6 +62,7 @@ class Request:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    client_id: str | None = None  # the authenticated client (set by _authorize)
 
 
 def encode_token(low: int, high: int) -> str:
@@ -83,6 +85,11 @@ class SandboxApp:
         self.layout = Layout(config)
         self.faults = faults or FaultInjector()
         clients = {config.client_id: config.client_secret, **config.extra_clients}
+        # authorization: one scope per client; the default and extra clients have the Ed-Fi Sandbox claim set
+        self.scopes: dict[str, ClientScope] = {}
+        for spec in config.clients:
+            clients[spec.client_id] = spec.secret
+            self.scopes[spec.client_id] = ClientScope(spec, self.model, store._tables, config.api_version)
         self.tokens = TokenRegistry(
             clients, config.token_ttl, config.max_tokens_per_client if config.api_version >= "7.3" else None
         )
@@ -317,18 +324,22 @@ class SandboxApp:
         token = self.tokens.check("Bearer " + str(form.get("token", "")))
         if token is None:
             return self._json({"active": False})
+        scope = self.scopes.get(token.client_id)
         return self._json({
             "active": True,
             "client_id": token.client_id,
-            "namespace_prefixes": ["uri://ed-fi.org"],
-            "education_organizations": [],
+            "namespace_prefixes": list(scope.spec.namespaces) if scope else ["uri://ed-fi.org"],
+            "education_organizations": (
+                [{"education_organization_id": e} for e in scope.spec.education_organizations] if scope else []),
             "assigned_profiles": [],
-            "claim_set": {"name": "SIS Vendor"},
+            "claim_set": {"name": scope.spec.claim_set if scope else "SIS Vendor"},
         })
 
     def _authorize(self, req: Request) -> None:
         header = req.headers.get("authorization")
-        if self.tokens.check(header) is not None:
+        token = self.tokens.check(header)
+        if token is not None:
+            req.client_id = token.client_id
             return
         errors = ["Authorization header is missing."] if not header else ["Invalid Authorization header."]
         raise HttpError(401, "security:authentication", "The caller could not be authenticated.", extra=errors)
@@ -448,10 +459,27 @@ class SandboxApp:
                             f" to perform the requested operation on {res.path}.")
         snapshot = self._snapshot_for(req)
         profile = self._profile(res, req) if req.method == "GET" and parts[-1] not in CHANGE_SUFFIXES else None
-        if profile is not None:
-            reply = self._data_reply(res, parts, req, base, snapshot)
-            return self._apply_profile(reply, res, profile)
-        return self._data_reply(res, parts, req, base, snapshot)
+        try:
+            if profile is not None:
+                reply = self._data_reply(res, parts, req, base, snapshot)
+                return self._apply_profile(reply, res, profile)
+            return self._data_reply(res, parts, req, base, snapshot)
+        except AuthorizationDenied as exc:
+            raise HttpError(403, exc.kind, exc.message, extra=exc.errors) from exc
+
+    # authorization hooks (edfi_sandbox.authorization) ------------------------------------------------
+    def _read_auth(self, res: Resource, req: Request, changes: bool = False) -> Callable | None:
+        """The store filter keeping reads (``changes``: of /deletes and /keyChanges) to what the request's client
+        may see (None: everything)."""
+        scope = self.scopes.get(req.client_id or "")
+        return scope.read_filter(res, changes) if scope is not None else None
+
+    def _check_item(self, res: Resource, req: Request, action: str, doc: Any, *, proposed: bool = False,
+                    snapshot: Snapshot | None = None) -> None:
+        """Single-item authorization of ``doc`` for the request's client (403 when outside its scope)."""
+        scope = self.scopes.get(req.client_id or "")
+        if scope is not None and isinstance(doc, dict):
+            scope.check_item(self.store.reader(snapshot), res, action, doc, proposed=proposed)
 
     def _data_reply(self, res: Resource, parts: list[str], req: Request, base: str,
                     snapshot: Snapshot | None) -> Reply:
@@ -469,6 +497,8 @@ class SandboxApp:
         if req.method == "PUT":
             return self._put(res, sub, req, base)
         if req.method == "DELETE":
+            if req.client_id in self.scopes:
+                self._check_item(res, req, "Delete", orjson.loads(self.store.get(res.path, sub)))
             self.store.delete(res.path, sub, req.headers.get("if-match"))
             return Reply(204)
         raise HttpError(405, "method-not-allowed", "The request method is not allowed on an item.")
@@ -580,10 +610,11 @@ class SandboxApp:
             return self._cursor_page(res, req, snapshot, min_cv, max_cv, filters)
         offset, limit = self._paging(req)
         headers: dict[str, str] = {}
+        auth = self._read_auth(res, req)
         if self._total_count(req):
-            total = self.store.count(res.path, min_cv, max_cv, filters, snapshot)
+            total = self.store.count(res.path, min_cv, max_cv, filters, snapshot, auth=auth)
             headers["Total-Count"] = str(total)
-        rows = self.store.page(res.path, offset, limit, min_cv, max_cv, filters, snapshot) if limit else []
+        rows = self.store.page(res.path, offset, limit, min_cv, max_cv, filters, snapshot, auth=auth) if limit else []
         if rows and self.config.has_partitions:
             headers["Next-Page-Token"] = encode_token(rows[-1][0] + 1, 2**31 - 1)
         return Reply(200, b"[" + b",".join(r[1] for r in rows) + b"]", headers)
@@ -612,7 +643,8 @@ class SandboxApp:
             # PagingHelpers.GetAggregateIdRange: Convert.ToInt32 of both ends, else BadRequestParameterException
             raise HttpError(400, bad, "The request construction was invalid.",
                             extra=["The page token provided was invalid."])
-        rows = self.store.range_page(res.path, low, high, size, min_cv, max_cv, filters, snapshot)
+        rows = self.store.range_page(res.path, low, high, size, min_cv, max_cv, filters, snapshot,
+                                     auth=self._read_auth(res, req))
         headers = {}
         if rows:
             headers["Next-Page-Token"] = encode_token(rows[-1][0] + 1, high)
@@ -629,7 +661,8 @@ class SandboxApp:
             if not 1 <= number <= 200:
                 raise HttpError(400, "bad-request:parameter-validation-failed",
                                 "Number must be a value between 1 and 200.")
-            ranges = self.store.partitions(res.path, number, min_cv, max_cv, self._filters(res, req), snapshot)
+            ranges = self.store.partitions(res.path, number, min_cv, max_cv, self._filters(res, req), snapshot,
+                                           auth=self._read_auth(res, req))
             return self._json({"pageTokens": [encode_token(lo, hi) for lo, hi in ranges]})
         if res.name == "schoolYearTypes" or (sub == "keyChanges" and not self.config.has_key_changes):
             raise HttpError(404, "not-found", "The specified resource could not be found.")
@@ -639,21 +672,26 @@ class SandboxApp:
             offset = max(self._int_param(req, "offset") or 0, 0)
             limit = self._int_param(req, "limit")
             limit = 25 if limit is None or limit < 0 else limit
-            items = self.store.deletes(res.path, offset, limit, min_cv, max_cv, with_keys=False, snapshot=snapshot)
+            items = self.store.deletes(res.path, offset, limit, min_cv, max_cv, with_keys=False, snapshot=snapshot,
+                                       auth=self._read_auth(res, req, changes=True))
             return self._json([{"Id": i["id"], "ChangeVersion": i["changeVersion"]} for i in items])
         offset, limit = self._paging(req)
+        auth = self._read_auth(res, req, changes=True)
         if sub == "deletes":
             if self._total_count(req):
-                headers["Total-Count"] = str(self.store.count_deletes(res.path, min_cv, max_cv, snapshot))
-            items = self.store.deletes(res.path, offset, limit, min_cv, max_cv, snapshot=snapshot)
+                headers["Total-Count"] = str(self.store.count_deletes(res.path, min_cv, max_cv, snapshot, auth=auth))
+            items = self.store.deletes(res.path, offset, limit, min_cv, max_cv, snapshot=snapshot, auth=auth)
         else:
             if self._total_count(req):
-                headers["Total-Count"] = str(self.store.count_key_changes(res.path, min_cv, max_cv, snapshot))
-            items = self.store.key_changes(res.path, offset, limit, min_cv, max_cv, snapshot)
+                headers["Total-Count"] = str(self.store.count_key_changes(res.path, min_cv, max_cv, snapshot,
+                                                                          auth=auth))
+            items = self.store.key_changes(res.path, offset, limit, min_cv, max_cv, snapshot, auth=auth)
         return self._json(items if limit else [], headers=headers)
 
     def _get_item(self, res: Resource, item_id: str, req: Request, snapshot: Snapshot | None) -> Reply:
         blob = self.store.get(res.path, item_id, snapshot)
+        if req.client_id in self.scopes:
+            self._check_item(res, req, "Read", orjson.loads(blob), snapshot=snapshot)
         etag = orjson.loads(blob).get("_etag", "")
         if req.headers.get("if-none-match", "").strip('"') == etag:
             return Reply(304, headers={"ETag": f'"{etag}"'})
@@ -677,13 +715,24 @@ class SandboxApp:
         return body
 
     def _post(self, res: Resource, req: Request, base: str) -> Reply:
-        result = self.store.upsert(res.path, self._body(res, req, post=True))
+        body = self._body(res, req, post=True)
+        if req.client_id in self.scopes:  # an upsert: Update of the existing item, else Create
+            existing = self.store.get_by_key(res.path, body)
+            if existing is not None:
+                self._check_item(res, req, "Update", existing)
+                self._check_item(res, req, "Update", body, proposed=True)
+            else:
+                self._check_item(res, req, "Create", body, proposed=True)
+        result = self.store.upsert(res.path, body)
         location = f"{self.layout.data_url(base)}{res.path}/{result.id}"
         return Reply(201 if result.created else 200, b"",
                      {"Location": location, "ETag": f'"{result.etag}"'}, content_type=None)
 
     def _put(self, res: Resource, item_id: str, req: Request, base: str) -> Reply:
         body = self._body(res, req)
+        if req.client_id in self.scopes:
+            self._check_item(res, req, "Update", orjson.loads(self.store.get(res.path, item_id)))
+            self._check_item(res, req, "Update", body, proposed=True)
         result = self.store.update(res.path, item_id, body, req.headers.get("if-match"))
         location = f"{self.layout.data_url(base)}{res.path}/{result.id}"
         return Reply(204, b"", {"Location": location, "ETag": f'"{result.etag}"'}, content_type=None)

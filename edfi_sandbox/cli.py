@@ -30,6 +30,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed-value", type=int, default=0, help="random seed of the synthetic district")
     p.add_argument("--client-id", default=DEFAULT_CLIENT_ID)
     p.add_argument("--client-secret", default=DEFAULT_CLIENT_SECRET)
+    p.add_argument("--client", action="append", default=[], metavar="ID:SECRET:CLAIMSET[:EDORG,...][:NAMESPACE]",
+                   help="another API client with a claim set ('SIS Vendor', 'District Hosted SIS Vendor', 'Ed-Fi"
+                        " Sandbox'), its education organization ids and namespace prefix, e.g."
+                        " 'school:secret:SIS Vendor:255901001:uri://ed-fi.org' (repeatable; the --client-id client"
+                        " keeps the Ed-Fi Sandbox claim set)")
     p.add_argument("--db", help="SQLite file to keep the data in (default: a temporary file)")
     p.add_argument("--spec", action="append", default=[], metavar="PATH",
                    help="serve the resources of this OpenAPI document (Swagger 2 or OpenAPI 3; repeatable)")
@@ -125,7 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
             tenant=args.tenant, context=args.context, forbidden=frozenset(args.forbid),
             profiles=json.loads(Path(args.profiles).read_text()) if args.profiles else {},
             admin_token=args.admin_token, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-            max_body_bytes=args.max_body_bytes,
+            max_body_bytes=args.max_body_bytes, clients=tuple(args.client),
         )
     except (ValueError, OSError) as exc:
         sock.close()

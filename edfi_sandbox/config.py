@@ -30,6 +30,9 @@ class SandboxConfig:
     tenant: str | None = None
     context: str | None = None
     extra_clients: dict[str, str] = field(default_factory=dict)
+    # scoped clients (authorization): "ID:SECRET:CLAIMSET[:EDORG,...][:NAMESPACE]" strings or ClientSpecs;
+    # the default client above keeps the Ed-Fi Sandbox claim set (sees and writes everything)
+    clients: tuple = ()
     # resources (paths like "/ed-fi/staffs") the client is not authorized for: 403 on every request
     forbidden: frozenset[str] = frozenset()
     # API profiles: name -> resource path -> the properties its readable content type includes
@@ -55,6 +58,9 @@ class SandboxConfig:
             raise ValueError("year-specific routing needs school_year")
         if self.api_mode == "instance-year" and not self.instance:
             raise ValueError("instance-year-specific routing needs instance")
+        from edfi_sandbox.authorization import ClientSpec
+
+        self.clients = tuple(c if isinstance(c, ClientSpec) else ClientSpec.parse(c) for c in self.clients)
 
     @property
     def is_v7(self) -> bool:

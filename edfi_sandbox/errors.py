@@ -19,6 +19,8 @@ TITLES = {
     "security:authentication": "Authentication Failed",
     "security:authentication:too-many-tokens": "Too Many Tokens",
     "security:authorization": "Authorization Denied",
+    "security:authorization:access-denied:resource": "Authorization Denied",
+    "security:authorization:access-denied:action": "Authorization Denied",
     "not-found": "Not Found",
     "method-not-allowed": "Method Not Allowed",
     "not-acceptable": "Not Acceptable",

@@ -215,8 +215,19 @@ class Sandbox:
             self._churn.stop()
             self._churn = None
 
-    def token(self) -> str:
+    def client_secret_of(self, client_id: str) -> str:
+        """The secret of a client given with ``clients=`` (or the default client's)."""
+        for spec in self.config.clients:
+            if spec.client_id == client_id:
+                return spec.secret
+        if client_id == self.client_id:
+            return self.client_secret
+        return self.config.extra_clients[client_id]
+
+    def token(self, client_id: str | None = None) -> str:
+        """A bearer token of the default client, or of ``client_id``."""
+        cid = client_id or self.client_id
         resp = requests.post(self.oauth_url, data={"grant_type": "client_credentials"},
-                             auth=(self.client_id, self.client_secret), timeout=10)
+                             auth=(cid, self.client_secret_of(cid)), timeout=10)
         resp.raise_for_status()
         return resp.json()["access_token"]

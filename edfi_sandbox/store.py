@@ -36,6 +36,18 @@ import orjson
 from edfi_core.keys import canonical, split_descriptor_uri
 from edfi_core.openapi import SERVER_FIELDS, ApiModel, Reference, Resource
 
+#: authorization hook (edfi_sandbox.authorization.AuthFilter): (reader connection, tracked) -> SQL condition over
+#: ``doc`` (tracked=False) or ``old_key`` of tracked_changes (tracked=True), and its arguments
+AuthHook = Callable[[sqlite3.Connection, bool], tuple[str, list[Any]]]
+
+
+def _and_auth(where: str, args: list[Any], auth: AuthHook | None, conn: sqlite3.Connection) -> tuple[str, list[Any]]:
+    """``where`` narrowed to what the client may read (authorization hook; None: unchanged)."""
+    if auth is None:
+        return where, args
+    sql, extra = auth(conn, False)
+    return (where + " AND" if where else " WHERE") + f" ({sql})", [*args, *extra]
+
 logger = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
@@ -730,10 +742,12 @@ class Store:
         max_cv: int | None = None,
         filters: dict[str, Any] | None = None,
         snapshot: Snapshot | None = None,
+        auth: AuthHook | None = None,
     ) -> int:
         res = self.resource(path)
         where, args = self._where(res, min_cv, max_cv, filters)
         conn = self.reader(snapshot)
+        where, args = _and_auth(where, args, auth, conn)
         return conn.execute(f'SELECT COUNT(*) FROM "{self._tables[path]}"{where}', args).fetchone()[0]
 
     def page(
@@ -745,11 +759,13 @@ class Store:
         max_cv: int | None = None,
         filters: dict[str, Any] | None = None,
         snapshot: Snapshot | None = None,
+        auth: AuthHook | None = None,
     ) -> list[tuple[int, bytes]]:
         """(aggregate_id, doc) rows of one offset page, in aggregate-id order."""
         res = self.resource(path)
         where, args = self._where(res, min_cv, max_cv, filters)
         conn = self.reader(snapshot)
+        where, args = _and_auth(where, args, auth, conn)
         table = self._tables[path]
         hint = self._page_index(conn, table, min_cv, max_cv) if not filters else ""
         # like the ODS/API: find the page's keys on a narrow index, then read those items
@@ -784,12 +800,14 @@ class Store:
         max_cv: int | None = None,
         filters: dict[str, Any] | None = None,
         snapshot: Snapshot | None = None,
+        auth: AuthHook | None = None,
     ) -> list[tuple[int, bytes]]:
         """Rows with ``low <= aggregate_id <= high`` (7.3 cursor paging)."""
         res = self.resource(path)
         where, args = self._where(res, min_cv, max_cv, filters)
-        where = (where + " AND" if where else " WHERE") + " aggregate_id BETWEEN ? AND ?"
         conn = self.reader(snapshot)
+        where, args = _and_auth(where, args, auth, conn)
+        where = (where + " AND" if where else " WHERE") + " aggregate_id BETWEEN ? AND ?"
         return conn.execute(
             f'SELECT aggregate_id, doc FROM "{self._tables[path]}"{where} ORDER BY aggregate_id LIMIT ?',
             [*args, low, high, size],
@@ -803,11 +821,13 @@ class Store:
         max_cv: int | None = None,
         filters: dict[str, Any] | None = None,
         snapshot: Snapshot | None = None,
+        auth: AuthHook | None = None,
     ) -> list[tuple[int, int]]:
         """Split the matching items into at most ``number`` aggregate-id ranges of similar size."""
         res = self.resource(path)
         where, args = self._where(res, min_cv, max_cv, filters)
         conn = self.reader(snapshot)
+        where, args = _and_auth(where, args, auth, conn)
         table = self._tables[path]
         hint = self._page_index(conn, table, min_cv, max_cv) if not filters else ""
         total = conn.execute(f'SELECT COUNT(*) FROM "{table}"{hint}{where}', args).fetchone()[0]
@@ -865,12 +885,16 @@ class Store:
         max_cv: int | None = None,
         with_keys: bool = True,
         snapshot: Snapshot | None = None,
+        auth: AuthHook | None = None,
     ) -> list[JSON]:
         self.resource(path)
-        rows = self.reader(snapshot).execute(
+        conn = self.reader(snapshot)
+        extra, extra_args = auth(conn, True) if auth is not None else ("1", [])
+        rows = conn.execute(
             "SELECT id, change_version, old_key FROM tracked_changes WHERE resource = ? AND kind = 'delete'"
-            " AND change_version >= ? AND change_version <= ? ORDER BY change_version LIMIT ? OFFSET ?",
-            (path, min_cv or 0, max_cv if max_cv is not None else 2**62, limit, offset),
+            f" AND change_version >= ? AND change_version <= ? AND ({extra})"
+            " ORDER BY change_version LIMIT ? OFFSET ?",
+            (path, min_cv or 0, max_cv if max_cv is not None else 2**62, *extra_args, limit, offset),
         ).fetchall()
         out = []
         for item_id, cv, old_key in rows:
@@ -881,11 +905,13 @@ class Store:
         return out
 
     def count_deletes(self, path: str, min_cv: int | None = None, max_cv: int | None = None,
-                      snapshot: Snapshot | None = None) -> int:
-        return self.reader(snapshot).execute(
+                      snapshot: Snapshot | None = None, auth: AuthHook | None = None) -> int:
+        conn = self.reader(snapshot)
+        extra, extra_args = auth(conn, True) if auth is not None else ("1", [])
+        return conn.execute(
             "SELECT COUNT(*) FROM tracked_changes WHERE resource = ? AND kind = 'delete'"
-            " AND change_version >= ? AND change_version <= ?",
-            (path, min_cv or 0, max_cv if max_cv is not None else 2**62),
+            f" AND change_version >= ? AND change_version <= ? AND ({extra})",
+            (path, min_cv or 0, max_cv if max_cv is not None else 2**62, *extra_args),
         ).fetchone()[0]
 
     def key_changes(
@@ -896,10 +922,14 @@ class Store:
         min_cv: int | None = None,
         max_cv: int | None = None,
         snapshot: Snapshot | None = None,
+        auth: AuthHook | None = None,
     ) -> list[JSON]:
         """One entry per item changed in the window: its first old key and its last new key."""
         self.resource(path)
-        rows = self.reader(snapshot).execute(
+        conn = self.reader(snapshot)
+        extra, extra_args = auth(conn, True) if auth is not None else ("1", [])
+        extra = _numbered(extra, 6)
+        rows = conn.execute(
             "SELECT id, MAX(change_version) AS cv,"
             " (SELECT old_key FROM tracked_changes t2 WHERE t2.resource = t.resource AND t2.kind = 'key'"
             "   AND t2.id = t.id AND t2.change_version >= ?1 AND t2.change_version <= ?2"
@@ -908,9 +938,9 @@ class Store:
             "   AND t3.id = t.id AND t3.change_version >= ?1 AND t3.change_version <= ?2"
             "   ORDER BY change_version DESC LIMIT 1)"
             " FROM tracked_changes t WHERE resource = ?3 AND kind = 'key'"
-            " AND change_version >= ?1 AND change_version <= ?2"
+            f" AND change_version >= ?1 AND change_version <= ?2 AND ({extra})"
             " GROUP BY id ORDER BY cv LIMIT ?4 OFFSET ?5",
-            (min_cv or 0, max_cv if max_cv is not None else 2**62, path, limit, offset),
+            (min_cv or 0, max_cv if max_cv is not None else 2**62, path, limit, offset, *extra_args),
         ).fetchall()
         return [
             {"id": i, "changeVersion": cv, "oldKeyValues": orjson.loads(o), "newKeyValues": orjson.loads(n)}
@@ -918,11 +948,13 @@ class Store:
         ]
 
     def count_key_changes(self, path: str, min_cv: int | None = None, max_cv: int | None = None,
-                          snapshot: Snapshot | None = None) -> int:
-        return self.reader(snapshot).execute(
+                          snapshot: Snapshot | None = None, auth: AuthHook | None = None) -> int:
+        conn = self.reader(snapshot)
+        extra, extra_args = auth(conn, True) if auth is not None else ("1", [])
+        return conn.execute(
             "SELECT COUNT(DISTINCT id) FROM tracked_changes WHERE resource = ? AND kind = 'key'"
-            " AND change_version >= ? AND change_version <= ?",
-            (path, min_cv or 0, max_cv if max_cv is not None else 2**62),
+            f" AND change_version >= ? AND change_version <= ? AND ({extra})",
+            (path, min_cv or 0, max_cv if max_cv is not None else 2**62, *extra_args),
         ).fetchone()[0]
 
     def oldest_change_version(self) -> int:
@@ -959,6 +991,12 @@ class Store:
     def drop_snapshots(self) -> None:
         with self._lock:
             self._snapshots.clear()
+
+
+def _numbered(sql: str, first: int) -> str:
+    """``sql`` with its ``?`` placeholders numbered from ``first`` (to join a query with ``?N`` ones)."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"?{first + i}{rest}" for i, rest in enumerate(parts[1:]))
 
 
 def _array_defaults(schema: JSON) -> list[tuple[str, list[str]]]:

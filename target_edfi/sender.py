@@ -19,6 +19,13 @@ descriptors always come first. One apply (:meth:`Sender.apply`) then does:
    A ``409`` unresolved reference is **deferred**: the row stays in the spool and is retried in the next pass
    over all groups, at most ``deferred_passes`` passes; what is left is then reported with the reference that
    could not be found.
+
+   **Authorization order** (a client with relationship-based authorization, docs/authorization.md): a person
+   (student, contact, parent, staff) whose upsert is an update is authorized through the person's associations
+   (``StudentSchoolAssociation``, ...), which come later in the order; the dependencies document lists people
+   twice for this (Create first, Update after the associations). A person's ``403`` is therefore sent once more
+   in the next pass, after the associations; a second ``403``, and every other ``403``, is reported with the
+   API's message and not sent again.
 2. **delete_missing**: after a full-table stream's ``ACTIVATE_VERSION``, items this target sent for that
    stream before and did not see in this version become deletes.
 3. **deletes, in reverse group order**: by the Ed-Fi id the log has for the source item (or natural key), else
@@ -292,6 +299,8 @@ class Sender:
         self._descriptors_fetched: set[str] = set()
         self._next_seq = log.max_seq(target) + 1
         self._deferred_rows = 0
+        self._pass = 1
+        self._authorization_waits: set[tuple[str, str]] = set()  # people sent again after their associations
         self._handled: set[tuple[str, str]] = set()
         self._failures_logged: dict[str, int] = {}
         self._waiting: set[tuple[str, str]] = set()  # (stream, source key) kept in the spool after transient outcomes
@@ -328,6 +337,7 @@ class Sender:
         try:
             for n in range(1, self.deferred_passes + 1):
                 self._deferred_rows = 0
+                self._pass = n
                 pending = self.log.pending(self.target)
                 for group in self.groups:
                     todo = [p for p in group if pending.get(p, {}).get(UPSERT) or pending.get(p, {}).get(KEY_CHANGE)]
@@ -929,6 +939,8 @@ class Sender:
             self._pending.bumps.append((self.target, row.stream, row.source_key))
             self._deferred_rows += 1
             return
+        if out.status == 403 and self._authorization_order(res, row):
+            return
         if out.kind != "ok":
             self._fail(res, row, out.status, out.message, row.key_hash, row.natural_key, attempts=out.requests)
             return
@@ -963,6 +975,21 @@ class Sender:
             source_key=row.item_key, edfi_id=out.edfi_id, payload_hash=row.payload_hash, status=status,
             http_status=out.status, attempts=out.requests, stream_version=row.version, sent=now, accepted=now))
         self._pending.unspool.append((self.target, row.stream, row.source_key))
+
+    def _authorization_order(self, res: Resource, row: WorkRow) -> bool:
+        """Whether a person's 403 waits for the next pass (the Update entry of the authorization order: after the
+        person's associations are written); once per record and run, and only while a pass is left."""
+        key = (row.stream, row.source_key)
+        if not res.is_person or key in self._authorization_waits or self._pass >= self.deferred_passes:
+            return False
+        self._authorization_waits.add(key)
+        self.results.add(res.path, "deferred")
+        self._pending.bumps.append((self.target, row.stream, row.source_key))
+        self._deferred_rows += 1
+        self._done -= 1  # _settle counts this outcome as done: the record is not done yet
+        logger.info("%s: an update refused (403) before the person's associations are written; sent again after "
+                    "them (authorization order)", res.path)
+        return True
 
     def _settle_delete(self, out: Outcome) -> None:
         op, row, res = out.op, out.op.row, out.op.resource
