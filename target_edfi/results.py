@@ -43,8 +43,9 @@ MAX_GROUPS = 50  # failure groups per resource; more distinct messages are count
 FAILED_INPUT = ("malformed_json", "record_without_schema", "bad_record", "bad_message")
 
 
-#: a quoted value, but not the resource name of the API's "the referenced 'Student' item" messages
-_QUOTED = re.compile(r"'[^']*'(?! item)")
+#: a quoted value (not an apostrophe: "caller's"), but not the names the ODS/API quotes in its messages ("the
+#: referenced 'Student' item", "the resource item's 'StudentUniqueId' value")
+_QUOTED = re.compile(r"(?<![A-Za-z])'[^']*'(?![A-Za-z])(?! (?:item|value|property|resource)\b)")
 
 
 def redact_values(message: str) -> str:
