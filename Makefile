@@ -27,7 +27,7 @@ $(MELTANO_VENV)/.installed:
 meltano: $(MELTANO_VENV)/.installed
 	PATH=$(CURDIR)/$(MELTANO_VENV)/bin:$$PATH $(MELTANO) install
 
-demo: setup
+demo: setup meltano
 	$(BIN)/python scripts/demo.py
 
 lint: setup

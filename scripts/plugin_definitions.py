@@ -100,14 +100,12 @@ def setting(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def settings_of(info: dict[str, Any]) -> list[dict[str, Any]]:
-    """One setting per property, and per property of an object (``faker_config.seed``), like ``--about``."""
-    out = []
-    for name, schema in info["settings"]["properties"].items():
-        out.append(setting(name, schema))
-        if "object" in _types(schema):
-            for sub, sub_schema in (schema.get("properties") or {}).items():
-                out.append(setting(f"{name}.{sub}", sub_schema))
-    return out
+    """One setting per property of ``--about``.
+
+    Not one per nested property (``stream_maps.__else__``, ``faker_config.seed``) as the README table has them:
+    Meltano would then pass ``"stream_maps": {"__else__": null}``, which drops every stream.
+    """
+    return [setting(name, schema) for name, schema in info["settings"]["properties"].items()]
 
 
 def definition(plugin: str, info: dict[str, Any]) -> dict[str, Any]:
