@@ -17,6 +17,10 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# a venv made before the project moved to python-backoff still has `backoff`, which owns the same files
+	if $(BIN)/pip show --quiet backoff 2>/dev/null; then \
+	  $(BIN)/pip uninstall --quiet --yes backoff && \
+	  $(BIN)/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps python-backoff; fi
 	touch $@
 
 $(MELTANO_VENV)/.installed:
@@ -32,6 +36,7 @@ demo: setup meltano
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: setup lint meltano
 	PATH=$(CURDIR)/$(MELTANO_VENV)/bin:$$PATH $(BIN)/pytest -q -p no:cacheprovider

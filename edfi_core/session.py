@@ -18,9 +18,9 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import backoff
 import orjson
@@ -29,6 +29,9 @@ from requests.adapters import HTTPAdapter
 
 from edfi_core.auth import TRANSIENT_ERRORS, AuthError, TokenManager
 from edfi_core.token_cache import TokenCache
+
+if TYPE_CHECKING:
+    from backoff.types import Details
 
 logger = logging.getLogger(__name__)
 
@@ -367,7 +370,8 @@ class EdFiClient:
         self.backoff_factor = backoff_factor
         self.backoff_max = backoff_max
         self.max_retry_after = max_retry_after
-        self.routing = {"school_year": school_year, "instance": instance, "tenant": tenant, "context": context}
+        self.routing: dict[str, Any] = {"school_year": school_year, "instance": instance, "tenant": tenant,
+                                        "context": context}
         self.url_overrides = dict(url_overrides or {})
         self.stats = ClientStats()
         self.session = requests.Session()
@@ -498,7 +502,7 @@ class EdFiClient:
                 raise _Transient(f"HTTP {resp.status_code}", resp, _retry_after(resp))
             return resp
 
-    def _wait_gen(self) -> Iterator[float]:
+    def _wait_gen(self) -> Generator[float, Any, None]:
         """Exponential backoff with jitter; a ``Retry-After`` from the server wins."""
         exc: Any = yield  # type: ignore[misc]
         n = 0
@@ -510,7 +514,7 @@ class EdFiClient:
             n += 1
             exc = yield wait
 
-    def _on_backoff(self, details: dict[str, Any]) -> None:
+    def _on_backoff(self, details: Details) -> None:
         exc = details.get("exception")
         reason = exc.reason if isinstance(exc, _Transient) else "error"
         self.stats.count_retry(reason)
