@@ -150,3 +150,17 @@ def test_make_demo_runs_meltano_into_duckdb(installed: None) -> None:
     assert grades and sum(int(n) for _, n in grades) == 60  # one school association per student
     state = json.loads(re.search(r"^Meltano's state of students: (\{.*\})$", out, re.M).group(1))  # type: ignore[union-attr]
     assert state["change_version"] > 0
+
+
+def test_meltano_shows_a_tap_error_as_one_error_line(installed: None, tmp_path: Path) -> None:
+    """`structured-logging` in meltano.yml: Meltano reads the tap's JSON log, levels and all."""
+    with Sandbox("7.3", seed=5) as sb:
+        env = {"TAP_EDFI_BASE_URL": sb.base_url, "TAP_EDFI_CLIENT_ID": sb.client_id,
+               "TAP_EDFI_CLIENT_SECRET": "not-the-secret", "TARGET_JSONL_DESTINATION_PATH": str(tmp_path)}
+        proc = _meltano(["run", "--state-id-suffix", uuid.uuid4().hex[:8], "tap-edfi", "target-jsonl"], env)
+    assert proc.returncode == 1
+    tap_errors = [line for line in proc.stderr.splitlines() if re.search(r"\[error\s*\] tap-edfi ", line)]
+    assert len(tap_errors) == 1, proc.stderr[-3000:]
+    assert "invalid_client (check client_id and client_secret)" in tap_errors[0]
+    assert "not-the-secret" not in proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if re.search(r"\[info\s*\] tap-edfi\s+Traceback", line)]
