@@ -1,11 +1,12 @@
 # Two commands on a fresh machine:
-#   make demo   set up, start a seeded Ed-Fi sandbox and run the main job against it
+#   make demo   set up, start a seeded Ed-Fi sandbox and run `meltano run tap-edfi target-duckdb` against it
 #   make test   set up and run the whole test suite (what CI runs)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # meltano lives in a virtualenv of its own (its dependencies are not the plugins'); the plugins it
-# runs (tap-edfi, target-jsonl, target-postgres) get theirs from `meltano install`
+# runs (the plugins of meltano.yml: tap-edfi, target-edfi, target-duckdb, target-postgres, target-jsonl) get
+# theirs from `meltano install`
 MELTANO_VENV := .venv-meltano
 MELTANO := $(MELTANO_VENV)/bin/meltano
 export MELTANO_SEND_ANONYMOUS_USAGE_STATS := false
