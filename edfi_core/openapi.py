@@ -415,7 +415,7 @@ def build_resource(
         for flat, fpath in per_prop.get(prop, []):
             field_paths.setdefault(flat, fpath)
     if is_descriptor:
-        key_paths = {"namespace": ("namespace",), "codeValue": ("codeValue",)}
+        key_paths: dict[str, tuple[str, ...]] = {"namespace": ("namespace",), "codeValue": ("codeValue",)}
     else:
         key_paths = {flat: fpath for prop in identity for flat, fpath in per_prop[prop]}
     idset = set(identity)

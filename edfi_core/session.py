@@ -21,13 +21,16 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from edfi_core.auth import TRANSIENT_ERRORS, AuthError, TokenManager
 from edfi_core.token_cache import TokenCache
 from edfi_core.transport import HttpLayer, Reply, TransportError, origin_of
+
+if TYPE_CHECKING:
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -371,7 +374,8 @@ class EdFiClient:
         self.backoff_factor = backoff_factor
         self.backoff_max = backoff_max
         self.max_retry_after = max_retry_after
-        self.routing = {"school_year": school_year, "instance": instance, "tenant": tenant, "context": context}
+        self.routing: dict[str, Any] = {"school_year": school_year, "instance": instance, "tenant": tenant,
+                                        "context": context}
         self.url_overrides = dict(url_overrides or {})
         self.stats = ClientStats()
         self.http = HttpLayer(verify=verify, ca_bundle=ca_bundle, connect_timeout=connect_timeout, timeout=timeout,

@@ -46,7 +46,7 @@ def api_properties(*extra_urls: th.Property) -> list[th.Property]:
         *extra_urls,
         th.Property("scope", th.StringType,
                     description="OAuth scope: an education organization id the client is associated with."),
-        th.Property("token_cache", th.StringType,
+        th.Property("token_cache", th.StringType, secret=True,  # a postgresql:// URL may hold a password
                     description="Where bearer tokens are shared between runs and processes (ODS/API 7.3 allows 15 "
                                 "live tokens per client): a file path (default "
                                 "`~/.cache/edfi-singer/oauth-tokens.json`, or `$EDFI_SINGER_TOKEN_CACHE`), a "

@@ -353,7 +353,9 @@ class HttpLayer:
                                          cause=exc) from exc
                 with self._lock:
                     self._open.add(conn)
-                conn.sock.settimeout(self.timeout)
+                sock = conn.sock
+                assert sock is not None  # connect() opened it
+                sock.settimeout(self.timeout)
                 reused = False
             conn.request(method, target, body=body, headers=hdrs)
             raw = conn.getresponse()

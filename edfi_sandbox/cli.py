@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     snap.add_argument("--url", default="http://127.0.0.1:8765", help="the sandbox's base URL")
     faults = sub.add_parser("faults", help="show or change the faults of a running sandbox")
     faults.add_argument("--url", default="http://127.0.0.1:8765")
-    for admin in (snap, faults):
-        admin.add_argument("--admin-token", default=os.environ.get(ADMIN_ENV),
+    for admin_parser in (snap, faults):
+        admin_parser.add_argument("--admin-token", default=os.environ.get(ADMIN_ENV),
                            help=f"the admin token the sandbox printed at start (default ${ADMIN_ENV})")
     faults.add_argument("settings", nargs="*", metavar="NAME=VALUE", help="e.g. rate_429=0.1 latency_ms=20")
     args = parser.parse_args(argv)
@@ -106,9 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if resp.ok else 1
 
 
+#: what the server needs beyond the plugins (the ``sandbox`` extra of edfi-singer)
+SERVER_MODULES = ("starlette", "uvicorn", "httptools", "uvloop", "websockets", "watchfiles")
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from edfi_sandbox.faults import FaultConfig
-    from edfi_sandbox.server import Sandbox
+    try:
+        from edfi_sandbox.faults import FaultConfig
+        from edfi_sandbox.server import Sandbox
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in SERVER_MODULES:
+            raise
+        logger.error("edfi-sandbox serve needs %s, which the plugins do not install: "
+                     "pip install 'edfi-singer[sandbox]'", exc.name)
+        return 2
 
     try:  # bind first: a port in use fails now, before seeding (uvicorn listens on the socket once it serves)
         sock = _bind(args.host, args.port)
