@@ -80,6 +80,7 @@ class SandboxApp:
         self.store = store
         self.model: ApiModel = store.model
         self.config = config
+        store.api_version = config.api_version
         self.layout = Layout(config)
         self.faults = faults or FaultInjector()
         clients = {config.client_id: config.client_secret, **config.extra_clients}
@@ -644,8 +645,9 @@ class SandboxApp:
         offset, limit = self._paging(req)
         if sub == "deletes":
             if self._total_count(req):
-                headers["Total-Count"] = str(self.store.count_deletes(res.path, min_cv, max_cv, snapshot))
-            items = self.store.deletes(res.path, offset, limit, min_cv, max_cv, snapshot=snapshot)
+                headers["Total-Count"] = str(self.store.count_deletes(res.path, min_cv, max_cv, snapshot,
+                                                                      exclude_live=True))
+            items = self.store.deletes(res.path, offset, limit, min_cv, max_cv, snapshot=snapshot, exclude_live=True)
         else:
             if self._total_count(req):
                 headers["Total-Count"] = str(self.store.count_key_changes(res.path, min_cv, max_cv, snapshot))
