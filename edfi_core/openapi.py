@@ -397,6 +397,7 @@ def build_resource(
 
     per_prop = flattened_by_property(raw, schemas)
     ident_params = {p["name"] for p in query_params or [] if p.get("x-Ed-Fi-isIdentity")}
+    flats = {flat for fields in per_prop.values() for flat, _ in fields}
     identity: list[str] = []
     if is_descriptor:
         identity = ["namespace", "codeValue"]
@@ -404,7 +405,7 @@ def build_resource(
         for prop in per_prop:
             spec = props.get(prop) or {}
             if ident_params:
-                named = identity_names([prop], per_prop, raw, schemas, list(ident_params))
+                named = identity_names([prop], per_prop, raw, schemas, ident_params, flats)
                 is_ident = bool(named) and all(name in ident_params for name in named)
             else:
                 is_ident = bool(spec.get("x-Ed-Fi-isIdentity"))
@@ -413,8 +414,7 @@ def build_resource(
     if is_descriptor:
         key_paths = {"namespace": ("namespace",), "codeValue": ("codeValue",)}
     else:
-        key_paths = identity_names(identity, per_prop, raw, schemas,
-                                   [p["name"] for p in query_params or [] if p.get("x-Ed-Fi-isIdentity")])
+        key_paths = identity_names(identity, per_prop, raw, schemas, ident_params, flats)
     # identity properties claim unified key fields (schoolId) before other references do
     field_paths: dict[str, tuple[str, ...]] = dict(key_paths)
     for prop in [*identity, *per_prop]:
@@ -466,7 +466,8 @@ def identity_names(
     per_prop: dict[str, list[tuple[str, tuple[str, ...]]]],
     raw: JSON,
     schemas: dict[str, JSON],
-    ident_params: list[str],
+    ident_params: Iterable[str],
+    flats: set[str] | None = None,
 ) -> dict[str, tuple[str, ...]]:
     """Natural key field name -> path in the document, named as the ODS names its identifying properties: the
     identity query parameters and the ``keyValues`` of ``/deletes`` and ``/keyChanges`` (docs/change-queries.md).
@@ -476,9 +477,10 @@ def identity_names(
     ``programEducationOrganizationId`` of the program; grades: ``gradingPeriodSchoolYear``) when the resource's
     identity query parameters say so; fields the ODS unifies (``schoolId`` of grades) stay one key part.
     """
-    params = set(ident_params)
+    params = ident_params if isinstance(ident_params, set) else set(ident_params)
     props: JSON = raw.get("properties") or {}
-    flats = {flat for fields in per_prop.values() for flat, _ in fields}
+    if flats is None:
+        flats = {flat for fields in per_prop.values() for flat, _ in fields}
     key_paths: dict[str, tuple[str, ...]] = {}
     for prop in identity:
         ref = (props.get(prop) or {}).get("$ref")

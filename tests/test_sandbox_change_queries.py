@@ -23,7 +23,7 @@ def load_program_association(api: Api) -> dict:
     category = [{"educationOrganizationCategoryDescriptor": uri("EducationOrganizationCategoryDescriptor", "School")}]
     lea = {"localEducationAgencyId": 255901, "nameOfInstitution": "Grand Bend ISD",
            "localEducationAgencyCategoryDescriptor": uri("LocalEducationAgencyCategoryDescriptor", "Independent"),
-           "categories": category, "educationOrganizationCategories": category}
+           "categories": category}
     school = {"schoolId": 255901001, "nameOfInstitution": "Grand Bend High",
               "educationOrganizationCategories": category,
               "gradeLevels": [{"gradeLevelDescriptor": uri("GradeLevelDescriptor", "Ninth grade")}],
