@@ -189,3 +189,22 @@ def test_7_x_refuses_a_person_key_change(make_sandbox, version) -> None:
                                          "recreate the item instead.")
     assert api.get("/ed-fi/students/keyChanges").json() == []
     assert api.get(f"/ed-fi/students/{student['id']}").json()["studentUniqueId"] == "S0000"
+
+
+@pytest.mark.parametrize(("path", "field", "body"), [
+    ("/ed-fi/staffs", "staffUniqueId", {"staffUniqueId": "T100", "firstName": "Alan", "lastSurname": "Turing"}),
+    ("/ed-fi/contacts", "contactUniqueId", {"contactUniqueId": "C100", "firstName": "Grace", "lastSurname": "Hopper"}),
+])
+def test_6_1_accepts_key_changes_of_staff_and_parents(make_sandbox, path, field, body) -> None:
+    """The HandleKeyChanges triggers of 6.1 are on edfi.staff and edfi.parent (contacts in DS 5) too."""
+    sb = make_sandbox("6.1")
+    api = Api(sb)
+    assert api.post(path, body).status_code == 201
+    [doc] = api.get(path).json()
+    new = {k: v for k, v in doc.items() if k not in ("id", "_etag", "_lastModifiedDate")}
+    new[field] = body[field] + "X"
+    assert api.put(f"{path}/{doc['id']}", new).status_code == 204
+    [change] = api.get(f"{path}/keyChanges").json()
+    assert (change["id"], change["oldKeyValues"], change["newKeyValues"]) == (
+        doc["id"], {field: body[field]}, {field: body[field] + "X"})
+    assert api.get(f"{path}/{doc['id']}").json()[field] == body[field] + "X"
