@@ -397,27 +397,29 @@ def build_resource(
 
     per_prop = flattened_by_property(raw, schemas)
     ident_params = {p["name"] for p in query_params or [] if p.get("x-Ed-Fi-isIdentity")}
+    flats = {flat for fields in per_prop.values() for flat, _ in fields}
     identity: list[str] = []
     if is_descriptor:
         identity = ["namespace", "codeValue"]
     else:
-        for prop, flats in per_prop.items():
+        for prop in per_prop:
             spec = props.get(prop) or {}
             if ident_params:
-                is_ident = all(flat in ident_params for flat, _ in flats)
+                named = identity_names([prop], per_prop, raw, schemas, ident_params, flats)
+                is_ident = bool(named) and all(name in ident_params for name in named)
             else:
                 is_ident = bool(spec.get("x-Ed-Fi-isIdentity"))
             if is_ident:
                 identity.append(prop)
-    # identity properties claim unified key fields (schoolId) before other references do
-    field_paths: dict[str, tuple[str, ...]] = {}
-    for prop in [*identity, *per_prop]:
-        for flat, fpath in per_prop.get(prop, []):
-            field_paths.setdefault(flat, fpath)
     if is_descriptor:
         key_paths: dict[str, tuple[str, ...]] = {"namespace": ("namespace",), "codeValue": ("codeValue",)}
     else:
-        key_paths = {flat: fpath for prop in identity for flat, fpath in per_prop[prop]}
+        key_paths = identity_names(identity, per_prop, raw, schemas, ident_params, flats)
+    # identity properties claim unified key fields (schoolId) before other references do
+    field_paths: dict[str, tuple[str, ...]] = dict(key_paths)
+    for prop in [*identity, *per_prop]:
+        for flat, fpath in per_prop.get(prop, []):
+            field_paths.setdefault(flat, fpath)
     idset = set(identity)
     references = [
         Reference(r.path, r.target_schema, r.fields, r.required, r.top_level and r.prop in idset)
@@ -440,6 +442,61 @@ def build_resource(
         has_deletes=has_deletes,
         has_key_changes=has_key_changes,
     )
+
+
+def _words(name: str) -> list[str]:
+    return re.findall(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])", name[:1].upper() + name[1:])
+
+
+def _role_named(entity: str, sub: str) -> list[str]:
+    """How the ODS names a reference field in its referencing entity: the referenced entity's name before the
+    field's (``gradingPeriod`` + ``schoolYear`` -> ``gradingPeriodSchoolYear``), words they share said once
+    (``gradingPeriod`` + ``periodSequence`` -> ``gradingPeriodSequence``)."""
+    ew, sw = _words(entity), _words(sub)
+    names = []
+    for n in range(min(len(ew), len(sw)), 0, -1):
+        if [w.lower() for w in ew[-n:]] == [w.lower() for w in sw[:n]]:
+            names.append("".join(ew) + "".join(sw[n:]))
+    names.append("".join(ew) + "".join(sw))
+    return [name[0].lower() + name[1:] for name in names]
+
+
+def identity_names(
+    identity: list[str],
+    per_prop: dict[str, list[tuple[str, tuple[str, ...]]]],
+    raw: JSON,
+    schemas: dict[str, JSON],
+    ident_params: Iterable[str],
+    flats: set[str] | None = None,
+) -> dict[str, tuple[str, ...]]:
+    """Natural key field name -> path in the document, named as the ODS names its identifying properties: the
+    identity query parameters and the ``keyValues`` of ``/deletes`` and ``/keyChanges`` (docs/change-queries.md).
+
+    A reference field whose plain name another identity part already has is role-named by the referenced entity
+    (studentProgramAssociations: ``educationOrganizationId`` of the education organization and
+    ``programEducationOrganizationId`` of the program; grades: ``gradingPeriodSchoolYear``) when the resource's
+    identity query parameters say so; fields the ODS unifies (``schoolId`` of grades) stay one key part.
+    """
+    params = ident_params if isinstance(ident_params, set) else set(ident_params)
+    props: JSON = raw.get("properties") or {}
+    if flats is None:
+        flats = {flat for fields in per_prop.values() for flat, _ in fields}
+    key_paths: dict[str, tuple[str, ...]] = {}
+    for prop in identity:
+        ref = (props.get(prop) or {}).get("$ref")
+        entity = ref_name(ref)[: -len("Reference")].split("_", 1)[-1] if ref else ""
+        for flat, fpath in per_prop[prop]:
+            name = flat
+            sub = fpath[-1]
+            # a reference without a role name of its own is named by its entity, one with a role by the role
+            prefix = entity if flat == sub else flat[: len(flat) - len(sub)]
+            if entity and params and prefix:
+                for candidate in _role_named(prefix, sub):
+                    if candidate in params and (candidate not in flats or flat != sub):
+                        name = candidate
+                        break
+            key_paths.setdefault(name, fpath)
+    return key_paths
 
 
 def reference_role(prop: str, target_schema: str) -> str:

@@ -229,6 +229,12 @@ class ApiInfo:
         return self.is_dms or self.version >= (6, 0)
 
     @property
+    def person_key_updates(self) -> bool:
+        """6.x: a PUT may change a student's, staff's or parent's unique id (a column beside its USI key); the
+        API cascades it and reports it in /keyChanges (docs/change-queries.md). 7.x refuses it."""
+        return not self.is_dms and (6, 0) <= self.version < (7, 0)
+
+    @property
     def has_partitions(self) -> bool:
         return not self.is_dms and self.version >= (7, 3)
 

@@ -82,6 +82,7 @@ class SandboxApp:
         self.store = store
         self.model: ApiModel = store.model
         self.config = config
+        store.api_version = config.api_version
         self.layout = Layout(config)
         self.faults = faults or FaultInjector()
         clients = {config.client_id: config.client_secret, **config.extra_clients}
@@ -679,8 +680,10 @@ class SandboxApp:
         auth = self._read_auth(res, req, changes=True)
         if sub == "deletes":
             if self._total_count(req):
-                headers["Total-Count"] = str(self.store.count_deletes(res.path, min_cv, max_cv, snapshot, auth=auth))
-            items = self.store.deletes(res.path, offset, limit, min_cv, max_cv, snapshot=snapshot, auth=auth)
+                headers["Total-Count"] = str(self.store.count_deletes(res.path, min_cv, max_cv, snapshot, auth=auth,
+                                                                      exclude_live=True))
+            items = self.store.deletes(res.path, offset, limit, min_cv, max_cv, snapshot=snapshot, auth=auth,
+                                       exclude_live=True)
         else:
             if self._total_count(req):
                 headers["Total-Count"] = str(self.store.count_key_changes(res.path, min_cv, max_cv, snapshot,

@@ -197,6 +197,8 @@ class Store:
         self._connections: list[sqlite3.Connection] = [self._writer]
         #: seconds a write holds its change version before it commits (the ``commit_delay_ms`` fault)
         self.commit_delay: Callable[[], float] = lambda: 0.0
+        #: the ODS/API version served (set by the app): person key changes and refusal texts depend on it
+        self.api_version = "7.3"
 
     # -- connections ---------------------------------------------------------------------------
     @staticmethod
@@ -253,6 +255,9 @@ class Store:
         w.execute(
             "CREATE INDEX IF NOT EXISTS ix_tracked ON tracked_changes (resource, kind, change_version)"
         )
+        # old_hash: the store's key hash of old_key, so that /deletes can leave out keys that exist again
+        if "old_hash" not in {row[1] for row in w.execute("PRAGMA table_info(tracked_changes)")}:
+            w.execute("ALTER TABLE tracked_changes ADD COLUMN old_hash INTEGER")
         # refs: which item (source table number, aggregate id) refers to which item (key hash)
         w.execute(
             "CREATE TABLE IF NOT EXISTS refs (source INTEGER NOT NULL, source_agg INTEGER NOT NULL,"
@@ -449,7 +454,16 @@ class Store:
             new_key = res.natural_key(doc)
             new_hash = key_hash(path, new_key)
             key_changed = new_hash != old_hash
-            if key_changed and not res.key_updatable:
+            # 6.x: a person's unique id is a plain column beside its USI key, so a PUT may change it (the
+            # HandleKeyChanges trigger tracks it); references hold the USI and follow (docs/change-queries.md)
+            person_key = key_changed and res.is_person and self.api_version.startswith("6")
+            if key_changed and not res.key_updatable and not person_key:
+                if self.api_version >= "7.3":
+                    entity = res.entity[:1].upper() + res.entity[1:]
+                    raise KeyChangeNotSupported(
+                        f"Identifying values for the {entity} data cannot be changed. Delete and recreate the"
+                        " item instead."
+                    )
                 raise KeyChangeNotSupported(
                     "Key values for this resource cannot be changed. Delete and recreate the resource"
                     " item instead."
@@ -465,7 +479,7 @@ class Store:
                 if key_changed:
                     old_key = res.natural_key(old_doc)
                     self._track(res.path, "key", item_id, result.change_version, old_key, new_key)
-                    self._cascade_key_change(res.path, old_hash, new_hash, old_key, new_key)
+                    self._cascade_key_change(res.path, old_hash, new_hash, old_key, new_key, surrogate=person_key)
         return result
 
     def delete(self, path: str, item_id: str, if_match: str | None = None) -> int:
@@ -565,8 +579,8 @@ class Store:
         self, path: str, kind: str, item_id: str, cv: int, old_key: JSON | None, new_key: JSON | None
     ) -> None:
         self._writer.execute(
-            "INSERT INTO tracked_changes (resource, kind, id, change_version, old_key, new_key)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tracked_changes (resource, kind, id, change_version, old_key, new_key, old_hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 path,
                 kind,
@@ -574,13 +588,17 @@ class Store:
                 cv,
                 orjson.dumps(old_key) if old_key is not None else None,
                 orjson.dumps(new_key) if new_key is not None else None,
+                key_hash(path, old_key) if old_key is not None else None,
             ),
         )
 
     def _cascade_key_change(
-        self, path: str, old_hash: int, new_hash: int, old_key: JSON, new_key: JSON
+        self, path: str, old_hash: int, new_hash: int, old_key: JSON, new_key: JSON, surrogate: bool = False
     ) -> None:
-        """Rewrite the references of dependent items, like the ODS/API's cascading key updates."""
+        """Rewrite the references of dependent items, like the ODS/API's cascading key updates.
+
+        ``surrogate`` (a 6.x person's unique id): the dependents' rows hold the person's USI, which did not
+        change, so they show the new unique id without a new change version, etag or tracked key change."""
         for source, source_agg in self._dependents_of(self._writer, old_hash):
             src = self.model.get(source)
             if src is None:
@@ -613,6 +631,22 @@ class Store:
                     (self._num[source], source_agg),
                 ).fetchall()
             ]
+            if surrogate:
+                doc.update(body)
+                self._writer.execute(
+                    f'UPDATE "{table}" SET key_hash = ?, doc = ? WHERE aggregate_id = ?',
+                    (src_new_hash, orjson.dumps(doc), source_agg),
+                )
+                self._writer.execute("DELETE FROM refs WHERE source = ? AND source_agg = ?",
+                                     (self._num[source], source_agg))
+                self._writer.executemany(
+                    "INSERT OR IGNORE INTO refs (source, source_agg, target_key) VALUES (?, ?, ?)",
+                    [(self._num[source], source_agg, h) for h in refs],
+                )
+                if src_new_hash != src_old_hash:
+                    self._cascade_key_change(source, src_old_hash, src_new_hash, src_old_key, src_new_key,
+                                             surrogate=True)
+                continue
             result = self._write(src, body, item_id, src_new_hash, source_agg, refs, created=False)
             if src_new_hash != src_old_hash:
                 self._track(source, "key", item_id, result.change_version, src_old_key, src_new_key)
@@ -886,14 +920,18 @@ class Store:
         with_keys: bool = True,
         snapshot: Snapshot | None = None,
         auth: AuthHook | None = None,
+        exclude_live: bool = False,
     ) -> list[JSON]:
+        """Deleted items in a change-version window. ``exclude_live`` (6.x and 7.x): an item whose natural key
+        exists again (deleted and re-created) is left out, as the ODS/API's deleted-items query does by joining
+        the live table (docs/change-queries.md)."""
         self.resource(path)
         conn = self.reader(snapshot)
         extra, extra_args = auth(conn, True) if auth is not None else ("1", [])
         rows = conn.execute(
-            "SELECT id, change_version, old_key FROM tracked_changes WHERE resource = ? AND kind = 'delete'"
-            f" AND change_version >= ? AND change_version <= ? AND ({extra})"
-            " ORDER BY change_version LIMIT ? OFFSET ?",
+            "SELECT id, change_version, old_key FROM tracked_changes t WHERE resource = ? AND kind = 'delete'"
+            f" AND change_version >= ? AND change_version <= ? AND ({extra})" + self._live_exclusion(path, exclude_live)
+            + " ORDER BY change_version LIMIT ? OFFSET ?",
             (path, min_cv or 0, max_cv if max_cv is not None else 2**62, *extra_args, limit, offset),
         ).fetchall()
         out = []
@@ -905,14 +943,22 @@ class Store:
         return out
 
     def count_deletes(self, path: str, min_cv: int | None = None, max_cv: int | None = None,
-                      snapshot: Snapshot | None = None, auth: AuthHook | None = None) -> int:
+                      snapshot: Snapshot | None = None, auth: AuthHook | None = None,
+                      exclude_live: bool = False) -> int:
         conn = self.reader(snapshot)
         extra, extra_args = auth(conn, True) if auth is not None else ("1", [])
         return conn.execute(
-            "SELECT COUNT(*) FROM tracked_changes WHERE resource = ? AND kind = 'delete'"
-            f" AND change_version >= ? AND change_version <= ? AND ({extra})",
+            "SELECT COUNT(*) FROM tracked_changes t WHERE resource = ? AND kind = 'delete'"
+            f" AND change_version >= ? AND change_version <= ? AND ({extra})"
+            + self._live_exclusion(path, exclude_live),
             (path, min_cv or 0, max_cv if max_cv is not None else 2**62, *extra_args),
         ).fetchone()[0]
+
+    def _live_exclusion(self, path: str, exclude_live: bool) -> str:
+        if not exclude_live:
+            return ""
+        return f' AND NOT EXISTS (SELECT 1 FROM "{self._tables[path]}" s WHERE s.key_hash = t.old_hash)'
+
 
     def key_changes(
         self,

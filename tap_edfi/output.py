@@ -47,19 +47,24 @@ class SingerOutput:
         if self._size >= FLUSH_BYTES:
             self.flush()
 
-    def write_raw_records(self, stream: str, items: Iterable[Any], time_extracted: str) -> int:
-        """RECORD lines for raw JSON items (bytes-like, one line each)."""
+    def write_raw_records(self, stream: str, items: Iterable[Any], time_extracted: str,
+                          version: int | None = None) -> int:
+        """RECORD lines for raw JSON items (bytes-like, one line each); ``version``: the table version."""
         head = b'{"type":"RECORD","stream":' + orjson.dumps(stream) + b',"record":'
-        tail = b',"time_extracted":"' + time_extracted.encode() + b'"}\n'
+        tail = (b',"time_extracted":"' + time_extracted.encode() + b'"'
+                + (b',"version":' + str(int(version)).encode() if version is not None else b"") + b"}\n")
         lines = [head + bytes(item) + tail for item in items]
         if lines:
             self._add(b"".join(lines))
             self.records += len(lines)
         return len(lines)
 
-    def write_record(self, stream: str, record: Mapping[str, Any], time_extracted: str) -> None:
-        self._add(dumps({"type": "RECORD", "stream": stream, "record": record,
-                         "time_extracted": time_extracted}) + b"\n")
+    def write_record(self, stream: str, record: Mapping[str, Any], time_extracted: str,
+                     version: int | None = None) -> None:
+        msg: dict[str, Any] = {"type": "RECORD", "stream": stream, "record": record, "time_extracted": time_extracted}
+        if version is not None:
+            msg["version"] = version
+        self._add(dumps(msg) + b"\n")
         self.records += 1
 
     def write_message(self, message: Mapping[str, Any]) -> None:

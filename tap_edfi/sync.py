@@ -163,6 +163,7 @@ class Source:
     hi: int | None
     tombstones: bool = False  # inline deletes: /deletes entries become records with _sdc_deleted_at
     mark: int | None = None  # the bookmark when the run started
+    version: int | None = None  # a reconciliation: every live item read, as this table version (ACTIVATE_VERSION)
 
     @property
     def label(self) -> str:
@@ -292,9 +293,14 @@ class SyncEngine:
     def sources_for(self, stream: EdFiStream) -> list[Source]:
         hi = self.run.newest
         if stream.kind == ITEMS:
-            out = [Source(stream, self.endpoint(stream, ITEMS), ITEMS, "change_version",
-                          self.start_for(stream, "change_version"), hi,
-                          mark=self.bookmark(stream.name, "change_version"))]
+            version = self.reconcile_version(stream)
+            lo = self.start_for(stream, "change_version")
+            if version is not None:
+                lo = int(self.settings.get("start_change_version") or 0)
+                logger.info("%s: reconciling (reconcile_interval): every live item is read again, then "
+                            "ACTIVATE_VERSION %s", stream.name, version)
+            out = [Source(stream, self.endpoint(stream, ITEMS), ITEMS, "change_version", lo, hi,
+                          mark=self.bookmark(stream.name, "change_version"), version=version)]
             if stream.inline_deletes and self.run.change_queries:
                 out.append(Source(stream, self.endpoint(stream, DELETES), DELETES, "deletes_change_version",
                                   self.start_for(stream, "deletes_change_version"), hi, tombstones=True,
@@ -310,6 +316,22 @@ class SyncEngine:
             return []
         return [Source(stream, self.endpoint(stream, stream.kind), stream.kind, "change_version",
                        self.start_for(stream, "change_version"), hi, mark=self.bookmark(stream.name, "change_version"))]
+
+    def reconcile_version(self, stream: EdFiStream) -> int | None:
+        """The table version of a reconciliation of this stream when one is due, else None.
+
+        Due when the stream has been read incrementally before (a bookmark) and its last reconciliation (or its
+        first complete read) is ``reconcile_interval`` seconds old; a stream without ``reconciled_at`` starts
+        counting now."""
+        interval = int(self.settings.get("reconcile_interval") or 0)
+        if not interval or not self.run.change_queries or stream.replication_method == "FULL_TABLE":
+            return None
+        if self.bookmark(stream.name, "change_version") is None:
+            return None
+        last = self.bookmark(stream.name, "reconciled_at")
+        if last is None or time.time() - last < interval:
+            return None
+        return int(time.time() * 1000)
 
     def plan(self, source: Source) -> list[Window] | None:
         """The windows of a source (in a worker); None when the client may not read it."""
@@ -486,6 +508,13 @@ class SyncEngine:
             assert src is not None
             if src.hi is not None:
                 self.advance(src, src.hi)
+            if src.kind == ITEMS and src.hi is not None:
+                if src.version is not None:
+                    # every live item up to the bound was written with this version: older rows are gone
+                    self.output.write_message({"type": "ACTIVATE_VERSION", "stream": src.stream.name,
+                                               "version": src.version})
+                if src.version is not None or self.bookmark(src.stream.name, "reconciled_at") is None:
+                    self.set_bookmark(src.stream.name, "reconciled_at", int(time.time()))
             if marker.last:
                 self.progress.finish(src.stream.name)
             if time.monotonic() - self._last_state_write > 1.0:
@@ -533,17 +562,20 @@ class SyncEngine:
             self.progress.add(stream.name, 0, len(tombs))
         else:
             if fast:
-                self.output.write_raw_records(stream.name, records, ts)
+                self.output.write_raw_records(stream.name, records, ts, version=source.version)
             else:
-                self._emit_sdk(stream, [orjson.loads(bytes(r)) for r in records])
+                self._emit_sdk(stream, [orjson.loads(bytes(r)) for r in records], source.version)
             self.progress.add(stream.name, len(records))
         self.progress.maybe_log(self.client.stats.as_dict(), stream.name)
 
-    def _emit_sdk(self, stream: EdFiStream, records: list[dict[str, Any]]) -> None:
+    def _emit_sdk(self, stream: EdFiStream, records: list[dict[str, Any]], version: int | None = None) -> None:
         """Stream maps, flattening or deselected fields: the SDK's own record processing."""
         for record in records:
             for msg in stream._generate_record_messages(record):
-                self.output.write_message(msg.to_dict())
+                message = msg.to_dict()
+                if version is not None and message.get("type") == "RECORD":
+                    message["version"] = version
+                self.output.write_message(message)
 
 
 def window_label(window: Window) -> str:

@@ -71,6 +71,15 @@ CONFIG_SCHEMA = th.PropertiesList(
                             "bookmark. Re-read items are the same `id` (an upserting target keeps one row); once a "
                             "run has re-read them they are not read a third time. 0 turns it off. See "
                             "docs/change-versions.md for the default."),
+    th.Property("reconcile_interval", th.IntegerType(minimum=0), default=604800,
+                description="Every this many seconds (per stream; default 604800, a week), read the stream's live "
+                            "items "
+                            "completely instead of from its bookmark, as a table version, and end it with "
+                            "`ACTIVATE_VERSION`: an upserting target (target-postgres) marks the rows of that "
+                            "stream it did not get deleted. An item deleted and re-created under the same natural "
+                            "key before the tap read the delete is never reported deleted (the ODS/API's /deletes "
+                            "leaves out keys that exist again: docs/change-queries.md), so without this a "
+                            "warehouse keyed by `id` keeps its old row live. 0: never."),
     th.Property("start_change_version", th.IntegerType(minimum=0), default=0,
                 description="Where streams without a bookmark start (0: everything)."),
     th.Property("include_descriptors", th.BooleanType, default=True,

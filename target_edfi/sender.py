@@ -546,7 +546,7 @@ class Sender:
         olds = {row.by_source.key_hash for row in rows if row.by_source is not None}
         for khash in self.log.claimed_keys(self.target, res.path, olds):
             self._reclaimed.add((res.path, khash))
-        if not res.key_updatable:
+        if not self._key_updatable(res):
             for row in rows:
                 self._plan_upsert(res, row, how="post")
             return
@@ -618,12 +618,18 @@ class Sender:
         if how is not None or row.key_changed:
             p = row.by_source
             assert p is not None
-            if how == "put" or (how is None and res.key_updatable):
+            if how == "put" or (how is None and self._key_updatable(res)):
                 self._submit(Op(row, res, "put", body=row.payload, edfi_id=p.edfi_id, replaces=p))
             else:
                 self._submit(Op(row, res, "post", body=row.payload, replaces=p))
             return
         self._submit(Op(row, res, "post", body=row.payload))
+
+    def _key_updatable(self, res: Resource) -> bool:
+        """Whether a key change is a PUT to the item: key-updatable resources, and people on 6.x."""
+        if res.key_updatable:
+            return True
+        return res.is_person and self.client.info.person_key_updates  # the root was read at start
 
     def _failed_parent(self, res: Resource, row: WorkRow) -> tuple[str, str] | None:
         """(message, group) when the record references an item whose record failed in this run and that the target
