@@ -123,9 +123,12 @@ def _compile(schema: Any) -> Check:
 
 
 class Validators:
-    def __init__(self) -> None:
+    def __init__(self, api_version: str = "") -> None:
+        #: 7.3 words string lengths with ValidationHelpers' formats (docs/sandbox-fidelity-api.md)
+        self.length_messages = api_version >= "7.3"
         self._cache: dict[str, Draft7Validator] = {}
         self._checks: dict[str, Check | None] = {}
+        self._schemas: dict[str, Any] = {}
 
     def validator(self, res: Resource) -> Draft7Validator:
         v = self._cache.get(res.path)
@@ -134,6 +137,13 @@ class Validators:
                 _writable(res.schema), format_checker=Draft7Validator.FORMAT_CHECKER
             )
         return v
+
+    def conform(self, res: Resource, body: Any) -> Any:
+        """``body`` bound to the resource the way the ODS/API's JSON deserializer binds it (see :func:`conform`)."""
+        schema = self._schemas.get(res.path)
+        if schema is None:
+            schema = self._schemas[res.path] = _writable(res.schema)
+        return conform(schema, body)
 
     def errors(self, res: Resource, body: Any) -> dict[str, list[str]]:
         """``{"$.studentReference.studentUniqueId": ["... is required."]}``; empty when valid."""
@@ -151,6 +161,16 @@ class Validators:
                 missing = err.message.split("'")[1] if "'" in err.message else "?"
                 parts.append(missing)
                 message = f"{missing} is required."
+            elif err.validator in ("maxLength", "minLength") and self.length_messages and parts:
+                name = str(parts[-1])
+                name = name[:1].upper() + name[1:]
+                low, high = err.schema.get("minLength") or 0, err.schema.get("maxLength")
+                if low and high is not None:
+                    message = f"{name} must be between {low} and {high} characters in length."
+                elif high is not None:
+                    message = f"{name} must be at most {high} characters in length."
+                else:
+                    message = err.message
             else:
                 message = err.message
             path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
@@ -164,3 +184,48 @@ def _without_nulls(node: Any) -> Any:
     if isinstance(node, list):
         return [_without_nulls(v) for v in node if v is not None]
     return node
+
+
+_INT = re.compile(r"\s*[+-]?\d+\s*", re.ASCII)
+_FLOAT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", re.ASCII)
+_KEEP = SERVER_FIELDS | {"_ext"}
+
+
+def conform(schema: Any, body: Any) -> Any:
+    """``body`` as Newtonsoft.Json binds it to the resource model (docs/sandbox-fidelity-api.md).
+
+    * A property name matches exactly, else case-insensitively (``"SchoolId"`` binds ``schoolId``).
+    * A property the model does not have is ignored (``MissingMemberHandling.Ignore``, the default): it is
+      neither stored nor returned. Server fields and ``_ext`` are left to the store.
+    * A string holding a number binds a numeric property (``"255901001"``), ``"true"``/``"false"`` a boolean.
+    * A date-only string binds a date-time property as midnight UTC (``DateTimeZoneHandling.Utc``).
+    """
+    if isinstance(body, dict) and isinstance(schema, dict):
+        props = schema.get("properties")
+        if not isinstance(props, dict):
+            return body
+        lower = {name.lower(): name for name in props}
+        out: dict[str, Any] = {}
+        for key, value in body.items():
+            name = key if key in props else lower.get(key.lower())
+            if name is None:
+                if key in _KEEP:
+                    out[key] = value
+                continue
+            if name in out and key != name:
+                continue  # the exact name wins over a case variant
+            out[name] = conform(props[name], value)
+        return out
+    if isinstance(body, list) and isinstance(schema, dict) and "items" in schema:
+        return [conform(schema["items"], v) for v in body]
+    if isinstance(schema, dict) and isinstance(body, str):
+        kind = schema.get("type")
+        if kind == "integer" and _INT.fullmatch(body):
+            return int(body)
+        if kind == "number" and _FLOAT.fullmatch(body):
+            return float(body)
+        if kind == "boolean" and body.strip().lower() in ("true", "false"):
+            return body.strip().lower() == "true"
+        if kind == "string" and schema.get("format") == "date-time" and _is_date(body):
+            return f"{body}T00:00:00Z"
+    return body
