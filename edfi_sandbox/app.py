@@ -722,7 +722,7 @@ class SandboxApp:
         return Reply(200, blob, {"ETag": f'"{etag}"'})
 
     # writes --------------------------------------------------------------------------------------
-    def _body(self, res: Resource, req: Request, *, post: bool = False) -> dict:
+    def _body(self, res: Resource, req: Request, *, post: bool = False, item_id: str | None = None) -> dict:
         """The request's JSON body, validated against the resource's schema."""
         try:
             body = orjson.loads(req.body)
@@ -733,11 +733,18 @@ class SandboxApp:
                             "Resource identifiers cannot be assigned by the client. The 'id' property should"
                             " not be included in the request body.")
         body = self.validators.conform(res, body)
+        if item_id is not None and isinstance(body, dict) and self.config.api_version < "7":
+            # 5.x/6.x PUT: the item's own key values are copied back onto what was sent ("PK properties cannot be
+            # changed, therefore they can be omitted in the resource payload", EntityMapper.mustache)
+            stored = orjson.loads(self.store.get(res.path, item_id))
+            for name in res.identity:
+                if body.get(name) is None and name in stored and not isinstance(stored[name], (dict, list)):
+                    body[name] = stored[name]
         errors = self.validators.errors(res, body)
         if errors:
             raise HttpError(400, "bad-request:data-validation-failed",
                             "Data validation failed. See 'validationErrors' for details.", errors)
-        return body
+        return self.validators.with_defaults(res, body)
 
     def _post(self, res: Resource, req: Request, base: str) -> Reply:
         result = self.store.upsert(res.path, self._body(res, req, post=True))
@@ -746,7 +753,7 @@ class SandboxApp:
                      {"Location": location, "ETag": f'"{result.etag}"'}, content_type=None)
 
     def _put(self, res: Resource, item_id: str, req: Request, base: str) -> Reply:
-        body = self._body(res, req)
+        body = self._body(res, req, item_id=item_id)
         result = self.store.update(res.path, item_id, body, req.headers.get("if-match"))
         location = f"{self.layout.data_url(base)}{res.path}/{result.id}"
         return Reply(204, b"", {"Location": location, "ETag": f'"{result.etag}"'}, content_type=None)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+import requests
 
 from tests.conftest import DS5_SPECS, load_basics, school, student, uri
 
@@ -157,3 +158,72 @@ def test_a_too_long_string_is_worded_as_the_source_on_7_3(make_sandbox, api_for,
     body = reply.json()
     assert body["detail"] == "Data validation failed. See 'validationErrors' for details."
     assert body["validationErrors"] == {"$.classPeriodName": [message]}
+
+
+COURSE = {
+    "courseCode": "ALG-1", "courseTitle": "Algebra I",
+    "educationOrganizationReference": {"educationOrganizationId": 1},
+    "identificationCodes": [{"courseIdentificationSystemDescriptor": uri("CourseIdentificationSystemDescriptor",
+                                                                          "State course code"),
+                             "identificationCode": "ALG-1"}],
+}
+
+
+def _course_setup(api) -> None:
+    load_basics(api, students=0)
+    assert api.post("/ed-fi/courseIdentificationSystemDescriptors", {
+        "namespace": "uri://ed-fi.org/CourseIdentificationSystemDescriptor", "codeValue": "State course code",
+        "shortDescription": "State course code"}).status_code == 201
+
+
+@pytest.mark.parametrize("version", ["5.3", "6.1"])
+def test_a_required_value_whose_csharp_default_means_something_may_be_left_out_before_7(make_sandbox, api_for,
+                                                                                       version):
+    api = api_for(make_sandbox(version))
+    _course_setup(api)
+    reply = api.post("/ed-fi/courses", COURSE)
+    assert reply.status_code == 201, reply.text
+    [course] = api.all("/ed-fi/courses")
+    assert course["numberOfParts"] == 0
+    # a required string is still required
+    reply = api.post("/ed-fi/courses", {**COURSE, "courseCode": "GEO-1", "courseTitle": None})
+    assert reply.status_code == 400 and "courseTitle" in reply.text
+    # 7.x: NoUnsuppliedRequiredMembersWithMeaningfulDefaults refuses it
+    api7 = api_for(make_sandbox("7.3"))
+    _course_setup(api7)
+    reply = api7.post("/ed-fi/courses", COURSE)
+    assert reply.status_code == 400 and "numberOfParts" in reply.text
+    assert api7.all("/ed-fi/courses") == []
+
+
+LEA = {"localEducationAgencyId": 255901, "nameOfInstitution": "Grand Bend ISD",
+       "localEducationAgencyCategoryDescriptor": uri("LocalEducationAgencyCategoryDescriptor", "Independent"),
+       "categories": [{"educationOrganizationCategoryDescriptor": uri("EducationOrganizationCategoryDescriptor",
+                                                                      "School")}]}
+
+
+def _put_lea_without_its_id(api) -> tuple[requests.Response, dict]:
+    load_basics(api, schools=0, students=0)
+    assert api.post("/ed-fi/localEducationAgencyCategoryDescriptors", {
+        "namespace": "uri://ed-fi.org/LocalEducationAgencyCategoryDescriptor", "codeValue": "Independent",
+        "shortDescription": "Independent"}).status_code == 201
+    reply = api.post("/ed-fi/localEducationAgencies", LEA)
+    assert reply.status_code == 201, reply.text
+    [item] = api.all("/ed-fi/localEducationAgencies")
+    body = {k: v for k, v in LEA.items() if k != "localEducationAgencyId"}
+    body["nameOfInstitution"] = "Grand Bend Independent School District"
+    reply = api.put(f"/ed-fi/localEducationAgencies/{item['id']}", body)
+    [after] = api.all("/ed-fi/localEducationAgencies")
+    return reply, after
+
+
+@pytest.mark.parametrize("version", ["5.3", "6.1"])
+def test_a_put_may_leave_out_the_items_own_key_values_before_7(make_sandbox, api_for, version):
+    reply, after = _put_lea_without_its_id(api_for(make_sandbox(version)))
+    assert reply.status_code == 204, reply.text
+    assert after["localEducationAgencyId"] == 255901
+    assert after["nameOfInstitution"] == "Grand Bend Independent School District"
+    # 7.x resources require it
+    reply, after = _put_lea_without_its_id(api_for(make_sandbox("7.3")))
+    assert reply.status_code == 400 and "localEducationAgencyId" in reply.text
+    assert after["nameOfInstitution"] == "Grand Bend ISD"
