@@ -238,8 +238,8 @@ def conform(schema: Any, body: Any) -> Any:
         return [conform(schema["items"], v) for v in body]
     if isinstance(schema, dict) and isinstance(body, str):
         kind = schema.get("type")
-        if kind == "integer" and _INT.fullmatch(body):
-            return int(body)
+        if kind == "integer" and _INT.fullmatch(body) and -(2**63) <= int(body) < 2**63:
+            return int(body)  # beyond Int64 Newtonsoft fails the conversion: the string stays and is refused
         if kind == "number" and _FLOAT.fullmatch(body):
             return float(body)
         if kind == "boolean" and body.strip().lower() in ("true", "false"):

@@ -79,6 +79,11 @@ def test_body_names_case_insensitive_numbers_as_strings_unknown_properties_ignor
     assert api.post("/ed-fi/students", person).status_code == 201
     [got] = api.all("/ed-fi/students")
     assert got["studentUniqueId"] == "S1" and "shoeSize" not in got
+    # a numeric string that is not a number, or beyond Int64, is still refused
+    for bad in ("25590100x", "99999999999999999999"):
+        reply = api.post("/ed-fi/schools", {**school(7), "schoolId": bad})
+        assert reply.status_code == 400 and "schoolId" in reply.text
+    assert len(api.all("/ed-fi/schools")) == 1
 
 
 @pytest.mark.parametrize("version", ["5.3", "6.1", "7.3"])
