@@ -37,6 +37,10 @@ INT64 = (-(2**63), 2**63 - 1)
 ADMIN_HEADER = "x-sandbox-admin-token"
 PROFILE_MEDIA = re.compile(r"application/vnd\.ed-fi\.([A-Za-z0-9]+)\.([^.;,\s]+)\.readable\+json")
 CHANGE_SUFFIXES = ("deletes", "keyChanges", "partitions")
+#: query parameters every collection binds (UrlQueryParametersRequest and friends); ASP.NET Core model binding
+#: matches their names case-insensitively, like the resource's own filter parameters
+STANDARD_PARAMS = ("offset", "limit", "totalCount", "minChangeVersion", "maxChangeVersion", "pageToken", "pageSize",
+                   "number", "q", "fields", "version")
 WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
 
 
@@ -94,12 +98,15 @@ class SandboxApp:
         self.tokens = TokenRegistry(
             clients, config.token_ttl, config.max_tokens_per_client if config.api_version >= "7.3" else None
         )
-        self.validators = Validators()
+        self.validators = Validators(config.api_version)
         self.admin_token = config.admin_token or secrets.token_urlsafe(18)
         self.requests = 0
         self.requests_by_area: dict[str, int] = {}
         self._doc_cache: dict[tuple[str, str, bool], bytes] = {}
         self._deps_cache: dict[str, bytes] = {}
+        self._paths_lower: dict[str, str] | None = None
+        self._param_names: dict[str, dict[str, str]] = {}
+        self._suffixes = {s.lower(): s for s in CHANGE_SUFFIXES}
         store.commit_delay = lambda: self.faults.config.commit_delay_ms / 1000.0
 
     # -- ASGI ----------------------------------------------------------------------------------
@@ -247,7 +254,8 @@ class SandboxApp:
         if area == "metadata_list":
             return self._metadata_list(base)
         if area == "metadata_doc":
-            return await run_in_threadpool(self._metadata_doc, route.rest, base, req.query.get("version") == "2")
+            return await run_in_threadpool(self._metadata_doc, route.rest.lower(), base,
+                                           req.query.get("version") == "2")
         if area == "metadata_changes":
             from edfi_sandbox.specgen import change_queries_document
 
@@ -406,7 +414,8 @@ class SandboxApp:
         return snap
 
     def _changes(self, what: str, req: Request) -> Reply:
-        if what == "availableChangeVersions":
+        what = what.lower()  # routes are case-insensitive
+        if what == "availablechangeversions":
             snap = self._snapshot_for(req)
             newest = snap.change_version if snap else self.store.change_version
             oldest = self.store.oldest_change_version()
@@ -451,13 +460,23 @@ class SandboxApp:
         parts = rest.strip("/").split("/")
         if len(parts) < 2:
             raise HttpError(404, "not-found", "The specified resource could not be found.")
-        res = self.model.get(f"/{parts[0]}/{parts[1]}")
+        res = self._resource(parts[0], parts[1])
+        if (res is None and len(parts) == 3 and parts[2].lower() in ("deletes", "keychanges")
+                and self.config.has_key_changes):
+            # DeletesController / KeyChangesController: an unknown resource is ControllerHelpers.NotFound(),
+            # an empty 404 before 7.2, NotFoundException's default detail after
+            if self.config.problem_details:
+                raise HttpError(404, "not-found", "The specified data could not be found.")
+            return Reply(404, b"", content_type=None)
         if res is None or len(parts) > 3:
             raise HttpError(404, "not-found", "The specified resource could not be found.")
         if res.path in self.config.forbidden:
             raise HttpError(403, "security:authorization",
                             "Access to the requested data could not be authorized. The caller is not authorized"
                             f" to perform the requested operation on {res.path}.")
+        if len(parts) == 3:
+            parts[2] = self._suffixes.get(parts[2].lower(), parts[2])
+        req.query = self._canonical_query(res, req.query)
         snapshot = self._snapshot_for(req)
         profile = self._profile(res, req) if req.method == "GET" and parts[-1] not in CHANGE_SUFFIXES else None
         try:
@@ -481,6 +500,31 @@ class SandboxApp:
         scope = self.scopes.get(req.client_id or "")
         if scope is not None and isinstance(doc, dict):
             scope.check_item(self.store.reader(snapshot), res, action, doc, proposed=proposed)
+
+    def _resource(self, schema: str, name: str) -> Resource | None:
+        """The resource at ``/{schema}/{name}``, matched case-insensitively as ASP.NET Core routes match."""
+        res = self.model.get(f"/{schema}/{name}")
+        if res is not None:
+            return res
+        if self._paths_lower is None:
+            self._paths_lower = {p.lower(): p for p in self.model.resources}
+        path = self._paths_lower.get(f"/{schema}/{name}".lower())
+        return self.model.get(path) if path else None
+
+    def _canonical_query(self, res: Resource, query: dict[str, str]) -> dict[str, str]:
+        """Query parameter names as the API declares them: model binding ignores their case
+        (``MinChangeVersion``, ``LIMIT``, ``SchoolId``)."""
+        names = self._param_names.get(res.path)
+        if names is None:
+            declared = [*STANDARD_PARAMS, *(p.get("name") for p in res.query_params if p.get("name")),
+                        *res.field_paths]
+            names = self._param_names[res.path] = {n.lower(): n for n in reversed(declared)}
+        out: dict[str, str] = {}
+        for key, value in query.items():
+            name = names.get(key.lower(), key)
+            if name not in out or key == name:
+                out[name] = value
+        return out
 
     def _data_reply(self, res: Resource, parts: list[str], req: Request, base: str,
                     snapshot: Snapshot | None) -> Reply:
@@ -565,6 +609,24 @@ class SandboxApp:
         if offset < 0:
             raise HttpError(400, "bad-request:parameter-validation-failed", "Offset cannot be a negative value.")
         return offset, limit
+
+    def _change_paging(self, req: Request) -> tuple[int, int]:
+        """``/deletes`` and ``/keyChanges`` (6.x, 7.x) check paging with
+        ``UrlQueryParametersRequestExtensions.Validate``: a limit outside 0..500 and a negative offset, each with
+        its own message; 6.1 and 7.1 join them in one ``message``, 7.3 lists them in ``errors``."""
+        limit = self._int_param(req, "limit")
+        offset = self._int_param(req, "offset")
+        messages = []
+        if limit is not None and not 0 <= limit <= MAX_PAGE:
+            messages.append(f"Limit must be omitted or set to a value between 1 and {MAX_PAGE}.")
+        if (offset or 0) < 0:
+            messages.append("Offset must be greater than or equal to 0.")
+        if messages:
+            if self.config.problem_details:
+                raise HttpError(400, "bad-request:parameter-validation-failed",
+                                "Parameters supplied to the request were invalid.", extra=messages)
+            raise HttpError(400, "bad-request", " ".join(messages))
+        return offset or 0, 25 if limit is None else limit
 
     def _filters(self, res: Resource, req: Request) -> dict[str, Any]:
         known = {p.get("name") for p in res.query_params} | set(res.field_paths)
@@ -676,7 +738,7 @@ class SandboxApp:
             items = self.store.deletes(res.path, offset, limit, min_cv, max_cv, with_keys=False, snapshot=snapshot,
                                        auth=self._read_auth(res, req, changes=True))
             return self._json([{"Id": i["id"], "ChangeVersion": i["changeVersion"]} for i in items])
-        offset, limit = self._paging(req)
+        offset, limit = self._change_paging(req)
         auth = self._read_auth(res, req, changes=True)
         if sub == "deletes":
             if self._total_count(req):
@@ -701,7 +763,7 @@ class SandboxApp:
         return Reply(200, blob, {"ETag": f'"{etag}"'})
 
     # writes --------------------------------------------------------------------------------------
-    def _body(self, res: Resource, req: Request, *, post: bool = False) -> dict:
+    def _body(self, res: Resource, req: Request, *, post: bool = False, item_id: str | None = None) -> dict:
         """The request's JSON body, validated against the resource's schema."""
         try:
             body = orjson.loads(req.body)
@@ -711,11 +773,19 @@ class SandboxApp:
             raise HttpError(400, "bad-request:data-validation-failed",
                             "Resource identifiers cannot be assigned by the client. The 'id' property should"
                             " not be included in the request body.")
+        body = self.validators.conform(res, body)
+        if item_id is not None and isinstance(body, dict) and self.config.api_version < "7":
+            # 5.x/6.x PUT: the item's own key values are copied back onto what was sent ("PK properties cannot be
+            # changed, therefore they can be omitted in the resource payload", EntityMapper.mustache)
+            stored = orjson.loads(self.store.get(res.path, item_id))
+            for name in res.identity:
+                if body.get(name) is None and name in stored and not isinstance(stored[name], (dict, list)):
+                    body[name] = stored[name]
         errors = self.validators.errors(res, body)
         if errors:
             raise HttpError(400, "bad-request:data-validation-failed",
                             "Data validation failed. See 'validationErrors' for details.", errors)
-        return body
+        return self.validators.with_defaults(res, body)
 
     def _post(self, res: Resource, req: Request, base: str) -> Reply:
         body = self._body(res, req, post=True)
@@ -732,7 +802,7 @@ class SandboxApp:
                      {"Location": location, "ETag": f'"{result.etag}"'}, content_type=None)
 
     def _put(self, res: Resource, item_id: str, req: Request, base: str) -> Reply:
-        body = self._body(res, req)
+        body = self._body(res, req, item_id=item_id)
         if req.client_id in self.scopes:
             self._check_item(res, req, "Update", orjson.loads(self.store.get(res.path, item_id)))
             self._check_item(res, req, "Update", body, proposed=True)

@@ -49,6 +49,9 @@ class Layout:
             (re.compile(rf"^/changeQueries/v1{seg}/(availableChangeVersions|snapshots)/?$"), "changes"),
             (re.compile(r"^/?$"), "root"),
         ]
+        # ASP.NET Core routing matches literal route segments case-insensitively
+        # (docs/sandbox-fidelity-api.md): ``/changeQueries/v1/AvailableChangeVersions``, ``/Data/V3/...``
+        self._patterns = [(re.compile(p.pattern, re.IGNORECASE), area) for p, area in self._patterns]
 
     def match(self, path: str) -> Route | None:
         if path.startswith("/_sandbox/"):
@@ -56,7 +59,8 @@ class Layout:
         if self.root:
             if path in ("", "/"):
                 return Route("root")
-            if not (path == self.root or path.startswith(self.root + "/")):
+            low, root = path.lower(), self.root.lower()
+            if not (low == root or low.startswith(root + "/")):
                 return None
             path = path[len(self.root):]
         for pattern, area in self._patterns:
