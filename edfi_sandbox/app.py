@@ -516,8 +516,8 @@ class SandboxApp:
         (``MinChangeVersion``, ``LIMIT``, ``SchoolId``)."""
         names = self._param_names.get(res.path)
         if names is None:
-            declared = [*STANDARD_PARAMS, *(p.get("name") for p in res.query_params if p.get("name")),
-                        *res.field_paths]
+            declared: list[str] = [*STANDARD_PARAMS, *(str(p["name"]) for p in res.query_params if p.get("name")),
+                                   *res.field_paths]
             names = self._param_names[res.path] = {n.lower(): n for n in reversed(declared)}
         out: dict[str, str] = {}
         for key, value in query.items():
