@@ -480,8 +480,12 @@ class EdFiClient:
     def _discover(self) -> ApiInfo:
         resp = self.request("GET", self.base_url + "/", auth=False)
         if not resp.ok:
-            raise EdFiHTTPError("GET", self.base_url + "/", resp.status_code, server_message(resp),
-                                response=resp)
+            message = server_message(resp)
+            if resp.status_code in (404, 405):
+                message = (f"is base_url the API root? it answered {resp.status_code} ({message}): base_url is the "
+                           "URL whose GET shows the API's version and urls (e.g. https://host/v7.3/api), not the "
+                           "data URL (.../data/v3)")
+            raise EdFiHTTPError("GET", self.base_url + "/", resp.status_code, message, response=resp)
         try:
             root = orjson.loads(resp.content)
         except orjson.JSONDecodeError as exc:

@@ -36,9 +36,11 @@ from singer_sdk.singerlib.encoding.base import GenericSingerReader
 
 from edfi_core.auth import AuthError
 from edfi_core.discovery import load_model
+from edfi_core.errors import explain, one_line_errors
 from edfi_core.openapi import ApiModel, Resource, SpecError
 from edfi_core.session import EdFiClient, EdFiHTTPError
 from edfi_core.settings import (
+    METRICS_LOG_LEVEL,
     VERIFY_SSL,
     api_properties,
     defaults_of,
@@ -115,6 +117,7 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property("progress_interval", th.NumberType, default=15,
                 description="Seconds between progress log lines while sending."),
     VERIFY_SSL,
+    METRICS_LOG_LEVEL,
 ).to_dict()
 #: every setting's default, from the schema (what --about shows is what a run uses)
 DEFAULTS = defaults_of(CONFIG_SCHEMA)
@@ -210,6 +213,7 @@ class TargetEdFi(Target):
     @classmethod
     def get_singer_command(cls) -> click.Command:
         command = super().get_singer_command()
+        command.main = one_line_errors(command.main, logger, FATAL)  # type: ignore[method-assign]
         command.params.extend([
             click.Option(["--failed", "list_failed"], is_flag=True, default=False,
                          help="List the records the API rejected (the dead letters of the transaction log) and exit: "
@@ -348,7 +352,7 @@ class TargetEdFi(Target):
             _ = self.spooler
         except Exception as exc:  # the API, its documents or the transaction log are not usable
             logger.debug("start-up failed", exc_info=True)
-            detail = str(exc) if isinstance(exc, FATAL) else f"{type(exc).__name__}: {exc}"
+            detail = explain(exc) if isinstance(exc, FATAL) else f"{type(exc).__name__}: {exc}"
             logger.error("cannot start: %s", detail)
             raise SystemExit(2) from None
 
@@ -445,8 +449,9 @@ class TargetEdFi(Target):
             try:
                 sender.apply(self._valid_activations())
             except FATAL as exc:
+                logger.debug("sending stopped", exc_info=True)
                 logger.error("sending stopped: %s. What was not sent stays in the spool of the transaction log; the "
-                             "next run sends it", exc)
+                             "next run sends it", explain(exc))
                 status = "stopped"
                 return
             status = "done"
