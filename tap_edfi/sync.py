@@ -100,8 +100,7 @@ def resolve_run(client: EdFiClient, use_snapshot: str = "auto", paging: str = "a
             except EdFiHTTPError as exc:
                 if exc.status not in (404, 410):
                     raise
-                logger.log(logging.INFO if use_snapshot == "auto" else logging.ERROR,
-                           "the API has no snapshot (%s)", exc.server_message or exc.status)
+                logger.info("the API has no snapshot (%s)", exc.server_message or exc.status)
         elif info.snapshot_style == "identifier":
             snaps = [s for s in client.snapshots() if s.get("snapshotIdentifier")]
             if snaps:
@@ -116,8 +115,7 @@ def resolve_run(client: EdFiClient, use_snapshot: str = "auto", paging: str = "a
                         raise
                     logger.warning("snapshot %s is not available (%s)", ident, exc.server_message)
             else:
-                logger.log(logging.INFO if use_snapshot == "auto" else logging.ERROR,
-                           "the API lists no snapshots at %s/snapshots", client.urls.change_queries)
+                logger.info("the API lists no snapshots at %s/snapshots", client.urls.change_queries)
         else:
             logger.info("ODS/API %s has no snapshots", info.version_text)
         if not headers and use_snapshot == "always":
