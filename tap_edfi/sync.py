@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import time
 import urllib.parse
 from collections import deque
@@ -531,11 +532,13 @@ class SyncEngine:
             return
         counter.exit()
         stream = self._metered.pop(name)
+        log = metrics.get_metrics_logger()
         for path in self._endpoint_paths(stream):
             for status, (n, seconds) in sorted(self.client.stats.endpoint_times(path).items()):
-                tags = {metrics.Tag.STREAM: name, metrics.Tag.ENDPOINT: path, metrics.Tag.HTTP_STATUS_CODE: status}
-                stream._log_metric(metrics.Point("counter", metrics.Metric.HTTP_REQUEST_COUNT, n, dict(tags)))
-                stream._log_metric(metrics.Point(
+                tags = {metrics.Tag.STREAM: name, metrics.Tag.ENDPOINT: path, metrics.Tag.HTTP_STATUS_CODE: status,
+                        metrics.Tag.PID: os.getpid()}
+                metrics.log(log, metrics.Point("counter", metrics.Metric.HTTP_REQUEST_COUNT, n, dict(tags)))
+                metrics.log(log, metrics.Point(
                     "timer", metrics.Metric.HTTP_REQUEST_DURATION, round(seconds / max(n, 1), 6),
                     {**tags, metrics.Tag.STATUS: metrics.Status.SUCCEEDED if status < 400 else metrics.Status.FAILED,
                      "aggregate": "mean", "requests": n}))
