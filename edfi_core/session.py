@@ -126,22 +126,38 @@ class ClientStats:
     bytes_received: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     retry_reasons: dict[str, int] = field(default_factory=dict)
+    #: URL path (no query) -> HTTP status -> [requests, seconds]: the per-endpoint request metrics
+    by_endpoint: dict[str, dict[int, list[float]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count_response(self, status: int, size: int) -> None:
+    def count_response(self, status: int, size: int, url: str | None = None, seconds: float = 0.0) -> None:
         with self._lock:
             self.requests += 1
             self.bytes_received += size
             self.by_status[status] = self.by_status.get(status, 0) + 1
+            if url is not None:
+                path = urllib.parse.urlsplit(url).path.rstrip("/") or "/"
+                entry = self.by_endpoint.setdefault(path, {}).setdefault(status, [0, 0.0])
+                entry[0] += 1
+                entry[1] += seconds
+
+    def endpoint_times(self, path: str) -> dict[int, tuple[int, float]]:
+        """Requests answered for one URL path (no query, no trailing slash), by status: (count, seconds)."""
+        with self._lock:
+            return {status: (int(n), secs) for status, (n, secs) in self.by_endpoint.get(path, {}).items()}
 
     def count_failure(self) -> None:
         with self._lock:
             self.requests += 1
 
-    def count_retry(self, reason: str) -> None:
+    def count_retry(self, reason: str) -> bool:
+        """Count one retry; True the first time of its kind (logged as a warning once, then summed in progress
+        lines: :func:`retry_summary`)."""
         with self._lock:
             self.retries += 1
+            first = reason not in self.retry_reasons
             self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + 1
+            return first
 
     def count_auth_renewal(self) -> None:
         with self._lock:
@@ -158,6 +174,26 @@ class ClientStats:
                 "token_fetches": self.token_fetches, "bytes_received": self.bytes_received,
                 "by_status": dict(self.by_status), "retry_reasons": dict(self.retry_reasons),
             }
+
+
+def retry_summary(stats: Mapping[str, Any]) -> str:
+    """``12 retries (429: 9, 503: 3)`` from :meth:`ClientStats.as_dict` (``0 retries`` without any)."""
+    total = int(stats.get("retries") or 0)
+    reasons = stats.get("retry_reasons") or {}
+    text = f"{total:,} retr{'y' if total == 1 else 'ies'}"
+    if reasons:
+        parts = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        text += " (" + ", ".join(f"{_short_reason(k)}: {v:,}" for k, v in parts) + ")"
+    return text
+
+
+def _short_reason(reason: str) -> str:
+    if reason.startswith("HTTP "):
+        return reason[5:]
+    head, _, tail = reason.partition(": ")
+    if tail and head.endswith(("Error", "error")):  # "ConnectionRefusedError: [Errno 111] Connection refused"
+        return re.sub(r"^\[Errno -?\d+\]\s*", "", tail)
+    return reason
 
 
 # -- URLs and versions -------------------------------------------------------------------------------
@@ -454,8 +490,12 @@ class EdFiClient:
     def _discover(self) -> ApiInfo:
         resp = self.request("GET", self.base_url + "/", auth=False)
         if not resp.ok:
-            raise EdFiHTTPError("GET", self.base_url + "/", resp.status_code, server_message(resp),
-                                response=resp)
+            message = server_message(resp)
+            if resp.status_code in (404, 405):
+                message = (f"is base_url the API root? it answered {resp.status_code} ({message}): base_url is the "
+                           "URL whose GET shows the API's version and urls (e.g. https://host/v7.3/api), not the "
+                           "data URL (.../data/v3)")
+            raise EdFiHTTPError("GET", self.base_url + "/", resp.status_code, message, response=resp)
         try:
             root = orjson.loads(resp.content)
         except orjson.JSONDecodeError as exc:
@@ -539,6 +579,7 @@ class EdFiClient:
                 token, bearer = self.tokens.auth_header()
                 send_headers = {**hdrs, **bearer}
             retry_after: float | None = None
+            sent = time.monotonic()
             try:
                 reply = self.http.send(method, full, body=body, headers=send_headers)
             except TransportError as exc:  # (a stale kept-alive connection was already retried by the layer)
@@ -547,7 +588,7 @@ class EdFiClient:
                 if not exc.retriable:
                     raise EdFiHTTPError(method, full, None, reason, tries=attempt) from exc
             else:
-                stats.count_response(reply.status_code, len(reply.content))
+                stats.count_response(reply.status_code, len(reply.content), full, time.monotonic() - sent)
                 if reply.status_code == 401 and auth and not renewed:
                     # expired or revoked: renew once (one fetch however many threads saw the 401)
                     self.tokens.invalidate(token)
@@ -565,8 +606,11 @@ class EdFiClient:
                 raise EdFiHTTPError(method, full, status, message, tries=attempt, response=last) from cause
             wait = self._wait(delay_n, retry_after)
             delay_n += 1
-            stats.count_retry(reason)
-            logger.warning("%s %s: %s; retry %d/%d in %.1fs", method, full, reason, attempt, tries - 1, wait)
+            # the first retry of each kind is a warning; the others are summed in the progress lines
+            first = stats.count_retry(reason)
+            logger.log(logging.WARNING if first else logging.DEBUG, "%s %s: %s; retry %d/%d in %.1fs%s", method,
+                       full, reason, attempt, tries - 1, wait,
+                       " (further retries are counted in the progress lines)" if first else "")
             time.sleep(wait)
 
     def _wait(self, n: int, retry_after: float | None) -> float:
@@ -661,5 +705,6 @@ __all__ = [
     "check",
     "parse_version",
     "resolve_urls",
+    "retry_summary",
     "server_message",
 ]

@@ -6,12 +6,14 @@ how requests are retried: declared once here so that the two plugins accept, doc
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from singer_sdk import typing as th
 from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.metrics import get_metrics_logger
 
 from edfi_core.session import USER_AGENT, EdFiClient
 from edfi_core.token_cache import open_token_cache
@@ -80,6 +82,12 @@ def retry_properties(request_timeout: float) -> list[th.Property]:
                     description="Longest wait between two tries (a server's Retry-After may ask for more)."),
     ]
 
+
+METRICS_LOG_LEVEL = th.Property(
+    "metrics_log_level", th.StringType, allowed_values=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info",
+                                                        "warning", "error"],
+    description="Level of the `singer_sdk.metrics` logger that writes the SDK's METRIC lines (logged at INFO): "
+                "`WARNING` or `ERROR` turns them off. Default: the plugin's log level (`LOGLEVEL`).")
 
 VERIFY_SSL = th.Property("verify_ssl", th.BooleanType, default=True,
                          description="Verify TLS certificates. False turns verification off for every request (a CA "
@@ -160,10 +168,30 @@ def config_errors(schema: dict[str, Any], config: dict[str, Any]) -> list[str]:
     return out
 
 
+def unknown_settings(schema: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """One warning text per config key the plugin does not know (``resource`` for ``resources``), naming the
+    closest setting; never a value."""
+    known = sorted((schema.get("properties") or {}).keys())
+    out = []
+    for key in sorted(str(k) for k in config):
+        if key in known or key.startswith("_"):
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f": did you mean '{close[0]}'?" if close else " (see --about for the settings)"
+        out.append(f"unknown setting '{key}' is ignored{hint}")
+    return out
+
+
 def validate_config(plugin: Any, *, raise_errors: bool = True) -> list[str]:
-    """``PluginBase._validate_config`` with :func:`config_errors`: the SDK prints every error it raises."""
+    """``PluginBase._validate_config`` with :func:`config_errors`: the SDK prints every error it raises. Also warns
+    of every unknown setting (with the closest known one) and applies ``metrics_log_level``."""
     schema = plugin.config_jsonschema
     plugin.append_builtin_config(schema)
+    for text in unknown_settings(schema, plugin._config):
+        plugin.logger.warning("%s", text)
+    level = plugin._config.get("metrics_log_level")
+    if isinstance(level, str) and level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        get_metrics_logger().setLevel(level.upper())
     errors = config_errors(schema, plugin._config)
     if errors:
         if raise_errors:
@@ -189,5 +217,5 @@ def make_client(s: Mapping[str, Any], *, url_overrides: Mapping[str, str | None]
     )
 
 
-__all__ = ["VERIFY_SSL", "api_properties", "config_errors", "defaults_of", "make_client", "retry_properties",
-           "secret_settings", "validate_config", "with_defaults"]
+__all__ = ["METRICS_LOG_LEVEL", "VERIFY_SSL", "api_properties", "config_errors", "defaults_of", "make_client",
+           "retry_properties", "secret_settings", "unknown_settings", "validate_config", "with_defaults"]

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from singer_sdk import metrics
 
 from edfi_core.session import EdFiClient, EdFiHTTPError
 from tap_edfi.output import SingerOutput
@@ -98,8 +101,7 @@ def resolve_run(client: EdFiClient, use_snapshot: str = "auto", paging: str = "a
             except EdFiHTTPError as exc:
                 if exc.status not in (404, 410):
                     raise
-                logger.log(logging.INFO if use_snapshot == "auto" else logging.ERROR,
-                           "the API has no snapshot (%s)", exc.server_message or exc.status)
+                logger.info("the API has no snapshot (%s)", exc.server_message or exc.status)
         elif info.snapshot_style == "identifier":
             snaps = [s for s in client.snapshots() if s.get("snapshotIdentifier")]
             if snaps:
@@ -114,8 +116,7 @@ def resolve_run(client: EdFiClient, use_snapshot: str = "auto", paging: str = "a
                         raise
                     logger.warning("snapshot %s is not available (%s)", ident, exc.server_message)
             else:
-                logger.log(logging.INFO if use_snapshot == "auto" else logging.ERROR,
-                           "the API lists no snapshots at %s/snapshots", client.urls.change_queries)
+                logger.info("the API lists no snapshots at %s/snapshots", client.urls.change_queries)
         else:
             logger.info("ODS/API %s has no snapshots", info.version_text)
         if not headers and use_snapshot == "always":
@@ -211,6 +212,10 @@ class SyncEngine:
         self.fail_on_forbidden = bool(self.settings.get("fail_on_forbidden"))
         self.lookback = max(0, int(self.settings.get("change_version_lookback") or 0))
         self._warned: set[str] = set()
+        #: the SDK's meters of the streams being written (record_count, sync_duration): METRIC lines in its format
+        self._counters: dict[str, metrics.Counter] = {}
+        self._timers: dict[str, metrics.Timer] = {}
+        self._metered: dict[str, EdFiStream] = {}
         self._state_dirty = False
         self._last_state_write = 0.0
 
@@ -337,8 +342,10 @@ class SyncEngine:
         """The windows of a source (in a worker); None when the client may not read it."""
         planner = self.planner if source.kind == ITEMS else self.deletes_planner
         try:
-            return planner.plan(source.endpoint, source.lo, source.hi)
+            windows = planner.plan(source.endpoint, source.lo, source.hi)
         except EdFiHTTPError as exc:
+            if exc.status in (403, 404):
+                self.progress.planned(source.stream.name, [])
             if exc.status == 403 and not self.fail_on_forbidden:
                 # one warning per resource, however many of its streams (items, deletes, key changes) fail
                 self.skip(source, f"not authorized (HTTP 403: {exc.server_message})",
@@ -349,6 +356,8 @@ class SyncEngine:
                 return None
             raise SyncError(f"stream '{source.stream.name}', planning change versions {source.lo}..{source.hi}: "
                             f"{exc}") from exc
+        self.progress.planned(source.stream.name, [w.count for w in windows])
+        return windows
 
     def skip(self, source: Source, reason: str, key: str | None = None) -> None:
         key = key or f"{source.stream.name}:{source.kind}"
@@ -419,7 +428,9 @@ class SyncEngine:
         first_source: dict[str, int] = {}
         self._last_source: dict[str, int] = {}
         for stream in self.streams:
-            for src in self.sources_for(stream):
+            own = self.sources_for(stream)
+            self.progress.register(stream.name, len(own))
+            for src in own:
                 first_source.setdefault(stream.name, len(sources))
                 self._last_source[stream.name] = len(sources)
                 sources.append(src)
@@ -446,8 +457,6 @@ class SyncEngine:
                         pending.append(_Marker("source_end", source=None, last=True, stream=src.stream))
                     continue
                 for window in windows:
-                    if window.count:
-                        self.progress.expect(src.stream.name, window.count)
                     for j, chunk in enumerate(window.chunks):
                         fut = None if chunk.mode == "ready" else pool.submit(self.fetch_with_ids, src, window, j)
                         pending.append(_Chunk(src, window, j, fut, chunk.records if fut is None else None))
@@ -462,6 +471,8 @@ class SyncEngine:
             pool.shutdown(wait=ok, cancel_futures=not ok)
             self.planner.close()
             self.deletes_planner.close()
+            for name in list(self._timers):  # streams cut short: their counts so far, and a failed sync_duration
+                self._stream_metrics(name, failed=True)
             if not ok:
                 # whatever was completely written stays bookmarked
                 try:
@@ -492,6 +503,7 @@ class SyncEngine:
             assert marker.stream is not None
             self.emit_schema(marker.stream)
             self.progress.start(marker.stream.name)
+            self._start_metrics(marker.stream)
         elif marker.what == "window_end":
             assert marker.source is not None and marker.window is not None
             self.complete(marker.source, marker.window)
@@ -503,6 +515,7 @@ class SyncEngine:
         elif marker.what == "source_end" and marker.source is None:  # a skipped stream's end
             assert marker.stream is not None
             self.progress.finish(marker.stream.name)
+            self._stream_metrics(marker.stream.name)
         elif marker.what == "source_end":
             src = marker.source
             assert src is not None
@@ -517,8 +530,56 @@ class SyncEngine:
                     self.set_bookmark(src.stream.name, "reconciled_at", int(time.time()))
             if marker.last:
                 self.progress.finish(src.stream.name)
+                self._stream_metrics(src.stream.name)
             if time.monotonic() - self._last_state_write > 1.0:
                 self.write_state()
+
+    # -- metrics (the SDK's METRIC lines, per stream, never per record) -----------------------------------------
+    def _start_metrics(self, stream: EdFiStream) -> None:
+        """The SDK's record counter (logs every ``metrics.DEFAULT_LOG_INTERVAL`` seconds and at the stream's end)
+        and sync timer of a stream, from the stream's own SDK hooks."""
+        counter = stream.get_record_counter(endpoint=stream.resource.path)
+        counter.__enter__()
+        timer = stream.get_sync_timer()
+        timer.__enter__()
+        self._counters[stream.name] = counter
+        self._timers[stream.name] = timer
+        self._metered[stream.name] = stream
+
+    def _count(self, stream: EdFiStream, n: int) -> None:
+        counter = self._counters.get(stream.name)
+        if counter is not None and n:
+            counter.increment(n)
+
+    def _stream_metrics(self, name: str, failed: bool = False) -> None:
+        """The stream is done (or cut short): its last record_count, its requests (``http_request_count`` and the
+        mean ``http_request_duration`` per endpoint and status, aggregated: not one line per request) and its
+        ``sync_duration``."""
+        counter = self._counters.pop(name, None)
+        timer = self._timers.pop(name, None)
+        if counter is None or timer is None:
+            return
+        counter.exit()
+        stream = self._metered.pop(name)
+        log = metrics.get_metrics_logger()
+        for path in self._endpoint_paths(stream):
+            for status, (n, seconds) in sorted(self.client.stats.endpoint_times(path).items()):
+                tags: dict[str, Any] = {metrics.Tag.STREAM: name, metrics.Tag.ENDPOINT: path,
+                                        metrics.Tag.HTTP_STATUS_CODE: status, metrics.Tag.PID: os.getpid()}
+                metrics.log(log, metrics.Point("counter", metrics.Metric.HTTP_REQUEST_COUNT, n, dict(tags)))
+                metrics.log(log, metrics.Point(
+                    "timer", metrics.Metric.HTTP_REQUEST_DURATION, round(seconds / max(n, 1), 6),
+                    {**tags, metrics.Tag.STATUS: metrics.Status.SUCCEEDED if status < 400 else metrics.Status.FAILED,
+                     "aggregate": "mean", "requests": n}))
+        if failed:
+            timer.tags[metrics.Tag.STATUS] = metrics.Status.FAILED
+        timer.__exit__(None, None, None)
+
+    def _endpoint_paths(self, stream: EdFiStream) -> list[str]:
+        base = urllib.parse.urlsplit(self.client.data_url(stream.resource.path)).path.rstrip("/")
+        if stream.kind == ITEMS:
+            return [base, f"{base}/partitions"] + ([f"{base}/{DELETES}"] if stream.inline_deletes else [])
+        return [f"{base}/{stream.kind}"]
 
     # -- writing ------------------------------------------------------------------------------------------
     def emit_new(self, source: Source, window: Window, records: list[Any], ids: list[str]) -> None:
@@ -547,6 +608,7 @@ class SyncEngine:
                 if fast:
                     for rec in entries:
                         self.output.write_record(stream.name, rec, ts)
+                    self._count(stream, len(entries))
                 else:
                     self._emit_sdk(stream, entries)
                 self.progress.add(stream.name, 0 if source.kind == DELETES else len(entries),
@@ -557,12 +619,13 @@ class SyncEngine:
             if fast:
                 for rec in tombs:
                     self.output.write_record(stream.name, rec, ts)
+                self._count(stream, len(tombs))
             else:
                 self._emit_sdk(stream, tombs)
             self.progress.add(stream.name, 0, len(tombs))
         else:
             if fast:
-                self.output.write_raw_records(stream.name, records, ts, version=source.version)
+                self._count(stream, self.output.write_raw_records(stream.name, records, ts, version=source.version))
             else:
                 self._emit_sdk(stream, [orjson.loads(bytes(r)) for r in records], source.version)
             self.progress.add(stream.name, len(records))
@@ -570,12 +633,15 @@ class SyncEngine:
 
     def _emit_sdk(self, stream: EdFiStream, records: list[dict[str, Any]], version: int | None = None) -> None:
         """Stream maps, flattening or deselected fields: the SDK's own record processing."""
+        n = 0
         for record in records:
             for msg in stream._generate_record_messages(record):
                 message = msg.to_dict()
                 if version is not None and message.get("type") == "RECORD":
                     message["version"] = version
                 self.output.write_message(message)
+                n += 1
+        self._count(stream, n)
 
 
 def window_label(window: Window) -> str:

@@ -9,19 +9,24 @@ A singer-sdk tap for Ed-Fi ODS/APIs 5.3 to 7.3. Discovery reads the API's own Op
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import logging
 from functools import cached_property
 from typing import Any
 
+import click
 from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.helpers.capabilities import PluginCapabilities, TapCapabilities
 
+from edfi_core.auth import AuthError
 from edfi_core.discovery import load_model
-from edfi_core.openapi import ApiModel, Resource
-from edfi_core.session import EdFiClient
+from edfi_core.errors import one_line_errors
+from edfi_core.openapi import ApiModel, Resource, SpecError
+from edfi_core.session import EdFiClient, EdFiHTTPError
 from edfi_core.settings import (
+    METRICS_LOG_LEVEL,
     VERIFY_SSL,
     api_properties,
     defaults_of,
@@ -39,7 +44,7 @@ from tap_edfi.streams import (
     item_schema,
     key_changes_schema,
 )
-from tap_edfi.sync import RunContext, SyncEngine, resolve_run
+from tap_edfi.sync import RunContext, SettingsError, SyncEngine, SyncError, resolve_run
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +119,7 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property("progress_interval", th.NumberType, default=10,
                 description="Seconds between progress log lines."),
     VERIFY_SSL,
+    METRICS_LOG_LEVEL,
 ).to_dict()
 #: every setting's default, from the schema (what --about shows is what a run uses)
 DEFAULTS = defaults_of(CONFIG_SCHEMA)
@@ -141,6 +147,16 @@ class TapEdFi(Tap):
         PluginCapabilities.FLATTENING,
         PluginCapabilities.STRUCTURED_LOGGING,
     ]
+
+    @classmethod
+    def get_singer_command(cls) -> click.Command:
+        """The SDK's command, with known failures (unreachable API, credentials, a base_url that is not the root,
+        403, settings the API cannot honour) as one ERROR line and exit code 2; tracebacks only at DEBUG."""
+        command = super().get_singer_command()
+        command.main = one_line_errors(  # type: ignore[method-assign]
+            command.main, logging.getLogger(cls.name),
+            (AuthError, EdFiHTTPError, SyncError, SettingsError, SpecError, ValueError))
+        return command
 
     # -- settings and API ---------------------------------------------------------------------------
     def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
@@ -184,7 +200,32 @@ class TapEdFi(Tap):
             if exclude and _matches(res, name, exclude):
                 continue
             out.append(res)
+        if include:
+            self._check_filter(include)
         return out
+
+    def _check_filter(self, include: list[str]) -> None:
+        """Each ``resources`` pattern must name a resource of the API: a filter that matches nothing fails the run
+        (it would otherwise end with exit 0 and an empty STATE), a pattern that matches nothing is a warning; both
+        name the closest stream names."""
+        from tap_edfi.streams import stream_name
+
+        names = sorted({n for res in self.model for n in (stream_name(res), res.name)})
+        unmatched = [p for p in include if not any(_matches(res, stream_name(res), [p]) for res in self.model)]
+        if not unmatched:
+            return
+
+        def close(pattern: str) -> str:
+            found = difflib.get_close_matches(pattern.lower().strip("/").split("/")[-1],
+                                              [n.lower() for n in names], n=3, cutoff=0.5)
+            lookup = {n.lower(): n for n in names}
+            return f" (closest: {', '.join(lookup[f] for f in found)})" if found else ""
+
+        text = "; ".join(f"{p!r} matches no resource of the API{close(p)}" for p in unmatched)
+        if len(unmatched) == len(include):
+            raise SettingsError(f"the resources setting {include!r} matches no stream: {text}. Fix it, or remove it "
+                                "to read every resource")
+        logger.warning("resources setting: %s", text)
 
     def discover_streams(self) -> list[EdFiStream]:
         s = self.settings

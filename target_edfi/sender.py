@@ -49,6 +49,7 @@ API.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import threading
@@ -59,6 +60,7 @@ from typing import Any
 
 import orjson
 import requests
+from singer_sdk import metrics
 
 from edfi_core.auth import AuthError
 from edfi_core.dependencies import (
@@ -69,7 +71,7 @@ from edfi_core.dependencies import (
 )
 from edfi_core.keys import canonical, key_hash
 from edfi_core.openapi import ApiModel, Resource
-from edfi_core.session import EdFiClient, EdFiHTTPError, server_message
+from edfi_core.session import EdFiClient, EdFiHTTPError, retry_summary, server_message
 from edfi_core.transport import Reply, Transport
 from target_edfi.payloads import Shaper, reference_keys
 from target_edfi.results import EXAMPLES, Results, redact_values
@@ -322,6 +324,10 @@ class Sender:
         self._deferred_now: set[tuple[str, str]] = set()  # records deferred (409) while key changes are planned
         self._blocked: dict[tuple[str, str], str] = {}  # key changes waiting for another item to leave their key
         self._referenced: dict[str, set[str]] = {}  # resource -> the resources it references
+        #: per resource of the group being sent: when its last outcome settled, and the streams it came from (the
+        #: SDK's batch_processing_time timer of the sending, one METRIC line per resource and group)
+        self._settled_at: dict[str, float] = {}
+        self._settled_streams: dict[str, set[str]] = {}
 
     # -- driving -------------------------------------------------------------------------------------
     def apply(self, activations: dict[str, int] | None = None) -> None:
@@ -475,6 +481,26 @@ class Sender:
 
     # -- upserts ---------------------------------------------------------------------------------------------
     def _upsert_group(self, paths: list[str]) -> None:
+        started = time.time()
+        try:
+            self._send_upsert_group(paths)
+        finally:
+            self._time_group(paths, started, "upsert")
+
+    def _time_group(self, paths: list[str], started: float, phase: str) -> None:
+        """One ``batch_processing_time`` timer (the SDK's format) per resource of a dependency group that sent
+        something: from the group's start to the resource's last settled outcome."""
+        log = metrics.get_metrics_logger()
+        for path in paths:
+            last = self._settled_at.pop(path, None)
+            streams = self._settled_streams.pop(path, set())
+            if last is None:
+                continue
+            metrics.log(log, metrics.Point("timer", metrics.Metric.BATCH_PROCESSING_TIME, round(last - started, 6), {
+                metrics.Tag.STREAM: ",".join(sorted(streams)) or path, "resource": path, "phase": phase,
+                metrics.Tag.STATUS: metrics.Status.SUCCEEDED, metrics.Tag.PID: os.getpid()}))
+
+    def _send_upsert_group(self, paths: list[str]) -> None:
         resources = [r for p in paths if (r := self.model.get(p)) is not None]
         for res in resources:
             self._prime_key_changes(res)
@@ -747,6 +773,13 @@ class Sender:
 
     # -- deletes -----------------------------------------------------------------------------------------------
     def _delete_group(self, paths: list[str]) -> None:
+        started = time.time()
+        try:
+            self._send_delete_group(paths)
+        finally:
+            self._time_group(paths, started, "delete")
+
+    def _send_delete_group(self, paths: list[str]) -> None:
         for path in paths:
             res = self.model.get(path)
             if res is None:
@@ -887,7 +920,9 @@ class Sender:
                 return resp, attempt
             delay = min(float(self.client.backoff_max), float(self.client.backoff_factor) * (2 ** (attempt - 1)))
             wait = delay / 2 + random.uniform(0, delay / 2)
-            logger.warning("%s %s: %s; retry %d/%d in %.1fs", method, url, missing, attempt, tries - 1, wait)
+            first = self.client.stats.count_retry("not the API's answer")  # one warning, then the progress lines
+            logger.log(logging.WARNING if first else logging.DEBUG, "%s %s: %s; retry %d/%d in %.1fs", method, url,
+                       missing, attempt, tries - 1, wait)
             time.sleep(wait)
             resp = self.http.request(method, url, data=body, headers=headers)
         return resp, tries
@@ -923,7 +958,9 @@ class Sender:
 
     # -- settling outcomes (main thread) ---------------------------------------------------------------------
     def _settle(self, out: Outcome) -> None:
-        op, _row, res = out.op, out.op.row, out.op.resource
+        op, row, res = out.op, out.op.row, out.op.resource
+        self._settled_at[res.path] = time.time()
+        self._settled_streams.setdefault(res.path, set()).add((row.source_stream or row.stream).split("#")[0])
         self._requests += out.requests
         self.results.add(res.path, "requests", out.requests)
         if out.action in ("post", "put"):
@@ -1276,8 +1313,13 @@ class Sender:
             return
         self._last_progress = now
         elapsed = max(now - self._started, 1e-6)
-        logger.info("progress: %d of %d spooled records settled, %d requests (%.0f/s)", self._done, self._total,
-                    self._requests, self._requests / elapsed)
+        rate = self._done / elapsed
+        remaining = max(0, self._total - self._done)
+        eta = f", ETA {int(remaining / rate + 0.5)}s" if rate > 0 and remaining else ""
+        pct = f" ({min(100.0, 100.0 * self._done / self._total):.0f}%)" if self._total else ""
+        logger.info("progress: %d of %d spooled records settled%s%s, %d requests (%.0f/s), %s", self._done,
+                    self._total, pct, eta, self._requests, self._requests / elapsed,
+                    retry_summary(self.client.stats.as_dict()))
 
     @property
     def requests_made(self) -> int:
