@@ -156,7 +156,7 @@ class GenericDistrict:
         required = [r for r in ident if not self._satisfiable(res, r)]
         if required:
             self.plan.left_out[res.path] = "its identifying " + ", ".join(r.prop for r in required) + (
-                " has no items to point to (a dependency cycle or an empty target)")
+                " has no items to point to (its target was left out, or comes later in a dependency cycle)")
             return []
         primary = self._primary(ident)
         if primary is None:
@@ -165,6 +165,9 @@ class GenericDistrict:
             parents: list[JSON | None] = [None] * count
         else:
             pool = self._candidates(primary, {}, res)
+            if not pool:
+                self.plan.left_out[res.path] = "its identifying " + _why(self, res, self.targets(primary), primary)
+                return []
             fan = FAN_OUT.get(res.name, 1)
             parents = [k for k in pool for _ in range(fan)]
             while pool and len(parents) < MIN_ITEMS:
@@ -185,7 +188,7 @@ class GenericDistrict:
                     continue
                 seen.add(kt)
                 docs.append(doc)
-                pool.add({**_fields(res, doc), **key})
+                pool.add(key)
                 break
         if reasons:
             self.plan.dropped_references[res.path] = reasons
@@ -241,24 +244,13 @@ class GenericDistrict:
                 if len(ref.fields) != 1 or len(target.key_fields) != 1:
                     continue
                 name, tname = ref.fields[0], target.key_fields[0]
-                if name in bound:
-                    keys = pool.matching((tname,), (bound[name],))
-                else:
-                    keys = pool.keys
+                keys = pool.matching((tname,), (bound[name],)) if name in bound else pool.keys
                 out.extend({name: k[tname]} for k in keys)
                 continue
+            if set(ref.fields) != set(target.key_fields):
+                continue  # the model's key of the target lacks fields the reference has: see _why
             names = tuple(f for f in ref.fields if f in bound)
-            if set(ref.fields) == set(target.key_fields):
-                out.extend(pool.matching(names, tuple(bound[f] for f in names)))
-                continue
-            # the reference names some fields otherwise than the target's key (programEducationOrganizationId
-            # for a program's educationOrganizationId): map them by name, then by suffix, to the target's fields
-            mapping = _field_mapping(ref.fields, target)
-            if mapping is None:
-                continue
-            tnames = tuple(mapping[f] for f in names)
-            out.extend({f: k.get(mapping[f]) for f in ref.fields}
-                       for k in pool.matching(tnames, tuple(bound[f] for f in names)))
+            out.extend(pool.matching(names, tuple(bound[f] for f in names)))
         return out
 
     def next_edorg_id(self) -> int:
@@ -379,7 +371,7 @@ class _Item:
             return value
         candidates = self.d._candidates(ref, bound, self.res)
         if not candidates:
-            reason = _why(self.d, self.res, targets)
+            reason = _why(self.d, self.res, targets, ref)
             if must:
                 raise _Unsatisfiable(ref.prop, reason)
             self.reasons.setdefault(ref.prop, reason)
@@ -460,37 +452,16 @@ class _Unsatisfiable(Exception):
         self.reason = reason
 
 
-def _why(d: GenericDistrict, res: Resource, targets: list[Resource]) -> str:
+def _why(d: GenericDistrict, res: Resource, targets: list[Resource], ref: Reference | None = None) -> str:
+    if ref is not None and len(targets) == 1 and targets[0].schema_name == ref.target_schema \
+            and set(ref.fields) != set(targets[0].key_fields):
+        extra = sorted(set(ref.fields) - set(targets[0].key_fields))
+        return (f"{ref.prop} names {', '.join(extra)}, which the model's natural key of {targets[0].name} lacks"
+                " (role-named identity parts): the sandbox could not resolve it")
     later = [t.name for t in targets if d.position[t.path] >= d.position[res.path]]
     if later and len(later) == len(targets):
         return "its target " + "/".join(later) + " comes later in the dependency order (a cycle)"
     return "no " + "/".join(t.name for t in targets) + " item agrees with the fields already chosen"
-
-
-def _fields(res: Resource, doc: JSON) -> JSON:
-    """Every flattened top-level field of a document (what references to it may name)."""
-    out: JSON = {}
-    for name, fpath in res.field_paths.items():
-        node: Any = doc
-        for part in fpath:
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None:
-            out[name] = node
-    return out
-
-
-def _field_mapping(fields: tuple[str, ...], target: Resource) -> dict[str, str] | None:
-    names = set(target.field_paths) | set(target.key_fields)
-    mapping: dict[str, str] = {}
-    for f in fields:
-        if f in names:
-            mapping[f] = f
-            continue
-        suffix = [t for t in names if f.endswith(_cap(t))]
-        if len(suffix) != 1:
-            return None
-        mapping[f] = suffix[0]
-    return mapping
 
 
 def _fits(spec: JSON, value: Any) -> bool:
