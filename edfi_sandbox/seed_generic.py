@@ -431,7 +431,7 @@ class _Item:
                 text = str(n + 1)
         else:
             text = f"{_words(prop)} {rng.randrange(1, 1000)}"
-        text = text[:max_len]
+        text = text[:max_len].rstrip() or str(n + 1)[:max_len]
         if len(text) < min_len:
             text = text.ljust(min_len, "0")
         return text
@@ -458,6 +458,8 @@ def _why(d: GenericDistrict, res: Resource, targets: list[Resource], ref: Refere
         extra = sorted(set(ref.fields) - set(targets[0].key_fields))
         return (f"{ref.prop} names {', '.join(extra)}, which the model's natural key of {targets[0].name} lacks"
                 " (role-named identity parts): the sandbox could not resolve it")
+    if [t.path for t in targets] == [res.path]:
+        return "it refers to the resource itself (left out: it would close a cycle)"
     later = [t.name for t in targets if d.position[t.path] >= d.position[res.path]]
     if later and len(later) == len(targets):
         return "its target " + "/".join(later) + " comes later in the dependency order (a cycle)"
