@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+import requests
 
 from edfi_core.openapi import SERVER_FIELDS, ApiModel, Resource
 from edfi_sandbox.seed_generic import GenericPlan, plan_model
-from edfi_sandbox.server import Sandbox
+from edfi_sandbox.server import Sandbox, free_port
 from edfi_sandbox.store import Store
 from tests.conftest import DS5_SPECS, OPENAPI
 from tests.tap_support import run_tap, tap_config
@@ -217,7 +223,40 @@ def test_tap_and_target_replicate_the_whole_seeded_ds5_sandbox(make_sandbox: Any
 
 
 def test_serve_seed_with_real_specs_from_the_command_line(tmp_path: Path) -> None:
-    """``--seed`` with ``--spec``: what the CLI builds is the generic district of the real model."""
+    """``edfi-sandbox serve --seed N --spec resources --spec descriptors`` serves the generic district of DS 6.0."""
+    port = free_port()
+    resources, descriptors = specs("6.0")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edfi_sandbox.cli", "serve", "--port", str(port), "--seed", "5",
+         "--spec", str(resources), "--spec", str(descriptors), "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                root = requests.get(f"http://127.0.0.1:{port}/", timeout=2).json()
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+        token = requests.post(root["urls"]["oauth"], data={"grant_type": "client_credentials"},
+                              auth=("sandbox-client", "sandbox-secret"), timeout=5).json()["access_token"]
+        plan = plan_model(model_of("6.0"), 5, 0)
+        paths = ["/ed-fi/students", "/ed-fi/studentAssessments", "/ed-fi/credentials", "/ed-fi/surveyResponses",
+                 "/ed-fi/studentTransportations", "/ed-fi/gradeLevelDescriptors"]
+        for path in paths:
+            resp = requests.get(root["urls"]["dataManagementApi"] + path, params={"totalCount": "true"},
+                                headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert resp.status_code == 200, path
+            assert int(resp.headers["Total-Count"]) == len(plan.docs[path]) > 0, path
+    finally:
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+def test_the_sandbox_seeds_the_generic_district_with_specs() -> None:
     with Sandbox("7.3", specs=specs("6.0"), seed=5) as sb:
         plan = plan_model(model_of("6.0"), 5, 0)
         assert sb.seed_counts == {p: len(d) for p, d in plan.docs.items() if d}
