@@ -19,6 +19,8 @@ docs/seeding.md.
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import math
 import random
@@ -71,16 +73,16 @@ class GenericPlan:
     #: references that were left out of some items (resource path -> reference property -> reason)
     dropped_references: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def loads(self) -> list[tuple[str, Callable[[], Iterator[JSON]]]]:
-        return [(path, _replay(self.docs[path])) for path in self.order if self.docs.get(path)]
+    def loads(self, copies: bool = True) -> list[tuple[str, Callable[[], Iterator[JSON]]]]:
+        """(resource path, payload generator) in load order. The store adds links to what it loads: without
+        ``copies`` it gets the plan's own payloads (faster, for a plan used once)."""
+        return [(path, _replay(self.docs[path], copies)) for path in self.order if self.docs.get(path)]
 
 
-def _replay(docs: list[JSON]) -> Callable[[], Iterator[JSON]]:
-    import copy
-
-    def gen() -> Iterator[JSON]:  # the store adds links to what it loads: hand it copies
+def _replay(docs: list[JSON], copies: bool) -> Callable[[], Iterator[JSON]]:
+    def gen() -> Iterator[JSON]:
         for doc in docs:
-            yield copy.deepcopy(doc)
+            yield copy.deepcopy(doc) if copies else doc
 
     return gen
 
@@ -130,6 +132,7 @@ class GenericDistrict:
         self.edorg_members = {t.path for t in model.abstract_members("edFi_educationOrganization")}
         self._edorg_next = EDORG_BASE
         self.plan = GenericPlan(self.order, {})
+        self._targets: dict[int, list[Resource]] = {}  # by id(): the model's references live as long as it
 
     # -- the whole district ----------------------------------------------------------------------
     def build(self) -> GenericPlan:
@@ -214,7 +217,10 @@ class GenericDistrict:
 
     # -- references ------------------------------------------------------------------------------
     def targets(self, ref: Reference) -> list[Resource]:
-        return self.model.reference_targets(ref)
+        hit = self._targets.get(id(ref))
+        if hit is None:
+            hit = self._targets[id(ref)] = self.model.reference_targets(ref)
+        return hit
 
     def _satisfiable(self, res: Resource, ref: Reference) -> bool:
         targets = self.targets(ref)
@@ -479,6 +485,7 @@ def _fits(spec: JSON, value: Any) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=4096)
 def _words(name: str) -> str:
     """``sectionIdentifier`` -> ``Section Identifier``."""
     out = []
@@ -503,7 +510,7 @@ def seed_model(store: BulkStore, model: ApiModel, students: int, seed: int = 0) 
     for path, why in sorted(plan.left_out.items()):
         logger.info("not seeded: %s: %s", path, why)
     counts: dict[str, int] = {}
-    for path, docs in plan.loads():
+    for path, docs in plan.loads(copies=False):
         counts[path] = store.bulk_load(path, docs())
     logger.info("seeded %d items in %.2fs", sum(counts.values()), time.perf_counter() - started)
     return counts
