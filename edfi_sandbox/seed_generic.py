@@ -126,7 +126,9 @@ class GenericDistrict:
         self.pools: dict[str, _Pool] = {res.path: _Pool() for res in model}
         self.descriptor_values: dict[str, list[str]] = {}
         graph = dependency_graph(model, person_retry=False)
-        lv = levels(graph)
+        # prerequisites in a fixed order: where a cycle is broken depends on the order levels() visits them, and a
+        # set's order changes from one process to the next (string hashing is randomized)
+        lv = levels({node: sorted(deps) for node, deps in sorted(graph.items())})  # type: ignore[arg-type]
         self.order = sorted((r.path for r in model), key=lambda p: (lv[p], p))
         self.position = {p: n for n, p in enumerate(self.order)}
         self.edorg_members = {t.path for t in model.abstract_members("edFi_educationOrganization")}
