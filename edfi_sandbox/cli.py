@@ -26,7 +26,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--api-version", choices=API_VERSIONS, default="7.3")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed a synthetic district of N students")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed a synthetic district of N students (with --spec: every resource of the documents that"
+                        " can be generated, docs/seeding.md)")
     p.add_argument("--seed-value", type=int, default=0, help="random seed of the synthetic district")
     p.add_argument("--client-id", default=DEFAULT_CLIENT_ID)
     p.add_argument("--client-secret", default=DEFAULT_CLIENT_SECRET)

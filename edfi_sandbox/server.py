@@ -77,6 +77,7 @@ class Sandbox:
         **config: Any,
     ) -> None:
         self.config = SandboxConfig(api_version=api_version, **config)
+        specs = list(specs or [])
         self.model = model or build_model(specs)
         self.store = Store(self.model, db)
         self.faults = FaultInjector(faults)
@@ -87,10 +88,14 @@ class Sandbox:
         self.seed_counts: dict[str, int] = {}
         if seed:
             from edfi_sandbox.seed import seed_district
+            from edfi_sandbox.seed_generic import seed_model
 
             started = time.perf_counter()
             with self.store.bulk_mode():
-                self.seed_counts = seed_district(self.store, seed, seed_value)
+                if specs or model is not None:  # a real model: every resource it has (docs/seeding.md)
+                    self.seed_counts = seed_model(self.store, self.model, seed, seed_value)
+                else:  # the built-in model: the hand-made district
+                    self.seed_counts = seed_district(self.store, seed, seed_value)
             logger.info("seeded %s students in %.1fs", seed, time.perf_counter() - started)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
