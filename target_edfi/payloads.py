@@ -350,13 +350,16 @@ def _to_boolean(value: Any, parent: str, key: str | int, problems: Problems) -> 
 def _shape_object(value: dict[str, Any], node: Node, path: str, problems: Problems) -> dict[str, Any]:
     props = node.props or {}
     out: dict[str, Any] = {}
+    marks = (len(problems.items), len(problems.unknown), len(problems.descriptors))
     for key, item in value.items():
         sub = props.get(key)
         if sub is None:
             if key in SERVER_FIELDS or key.startswith(SDC_PREFIX):
                 continue
             if FLATTEN_SEPARATOR in key and not key.startswith("_"):
-                return _shape_object(_unflatten(value), node, path, problems)  # flattened columns: undo, redo
+                # flattened columns: undo, redo (forgetting what the first pass found, so nothing is found twice)
+                del problems.items[marks[0]:], problems.unknown[marks[1]:], problems.descriptors[marks[2]:]
+                return _shape_object(_unflatten(value), node, path, problems)
             alias = node.aliases.get(key) or node.aliases.get(key.lower()) or node.aliases.get(
                 snake_to_camel(key).lower())
             if alias is not None and alias not in value:

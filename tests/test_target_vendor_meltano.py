@@ -138,14 +138,16 @@ def expected(conn: psycopg.Connection, s: str) -> dict[str, dict[str, dict[str, 
         students[_key(doc, "studentUniqueId")] = doc
     enrollments = {}
     for number, school, entry, grade, exit_date in conn.execute(
-            f"SELECT st.student_number, sc.school_number, e.entry_date, g.edfi_code, e.exit_date FROM {s}.enrollments e "
+            f"SELECT st.student_number, sc.school_number, e.entry_date, g.edfi_code, e.exit_date "
+            f"FROM {s}.enrollments e "
             f"JOIN {s}.students st ON st.id = e.student_id JOIN {s}.schools sc ON sc.id = e.school_id "
             f"JOIN {s}.grade_levels g ON g.code = e.grade"):
         doc = {"studentReference": {"studentUniqueId": number}, "schoolReference": {"schoolId": school},
                "entryDate": entry.isoformat(), "entryGradeLevelDescriptor": f"uri://ed-fi.org/GradeLevelDescriptor#{grade}"}
         if exit_date is not None:
             doc["exitWithdrawDate"] = exit_date.isoformat()
-        enrollments[canonical({"entryDate": doc["entryDate"], "schoolId": school, "studentUniqueId": number}).decode()] = doc
+        key = {"entryDate": doc["entryDate"], "schoolId": school, "studentUniqueId": number}
+        enrollments[canonical(key).decode()] = doc
     return {"/ed-fi/schools": schools, "/ed-fi/students": students, "/ed-fi/studentSchoolAssociations": enrollments}
 
 
@@ -203,3 +205,8 @@ def test_meltano_run_tap_postgres_target_edfi_follows_the_sis(vendor_plugins: No
     # the changed row and the exit date (upserts: POST), the key change (a PUT on the key-updatable enrollment, the
     # same Ed-Fi item), the hard-deleted enrollment and student (DELETE by delete_missing): nothing else
     assert counter.counts == {"POST": 2, "PUT": 1, "DELETE": 2}, counter.counts
+
+
+def test_the_readme_shows_the_meltano_yml_the_test_runs() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert f"```yaml\n{(PROJECT / 'meltano.yml').read_text()}```" in readme
