@@ -43,4 +43,4 @@ test: setup lint meltano
 	PATH=$(CURDIR)/$(MELTANO_VENV)/bin:$$PATH $(BIN)/pytest -q -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) $(MELTANO_VENV) .pytest_cache .ruff_cache output .meltano
+	rm -rf $(VENV) $(MELTANO_VENV) .pytest_cache .ruff_cache output .meltano .meltano-vendor

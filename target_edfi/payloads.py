@@ -120,8 +120,12 @@ class Problems:
     are kept beside them for :meth:`values_text`, which is for DEBUG logging only.
     """
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, drop_unknown: bool = False) -> None:
         self.enabled = enabled
+        #: ``unknown_fields: drop``: a field the resource's schema does not have is left out (its path kept in
+        #: :attr:`unknown`, for one warning per stream and field), not reported as a problem
+        self.drop_unknown = drop_unknown
+        self.unknown: list[str] = []
         self.items: list[tuple[str, str]] = []
         self.values: dict[str, Any] = {}  # field path -> the offending value (DEBUG only)
         self.descriptors: list[tuple[str, str]] = []  # (field path, value) of well-formed descriptor values
@@ -346,19 +350,25 @@ def _to_boolean(value: Any, parent: str, key: str | int, problems: Problems) -> 
 def _shape_object(value: dict[str, Any], node: Node, path: str, problems: Problems) -> dict[str, Any]:
     props = node.props or {}
     out: dict[str, Any] = {}
+    marks = (len(problems.items), len(problems.unknown), len(problems.descriptors))
     for key, item in value.items():
         sub = props.get(key)
         if sub is None:
             if key in SERVER_FIELDS or key.startswith(SDC_PREFIX):
                 continue
             if FLATTEN_SEPARATOR in key and not key.startswith("_"):
-                return _shape_object(_unflatten(value), node, path, problems)  # flattened columns: undo, redo
+                # flattened columns: undo, redo (forgetting what the first pass found, so nothing is found twice)
+                del problems.items[marks[0]:], problems.unknown[marks[1]:], problems.descriptors[marks[2]:]
+                return _shape_object(_unflatten(value), node, path, problems)
             alias = node.aliases.get(key) or node.aliases.get(key.lower()) or node.aliases.get(
                 snake_to_camel(key).lower())
             if alias is not None and alias not in value:
                 key, sub = alias, props[alias]
             else:
                 if key != "_ext":
+                    if problems.drop_unknown:
+                        problems.unknown.append(f"{path}.{key}")
+                        continue
                     problems.add(f"{path}.{key}", "is not a property of this resource")
                 if item is not None:
                     out[key] = _clean_any(item)
@@ -425,15 +435,31 @@ class Shaped:
 class Shaper:
     """Cleans, conforms and (optionally) validates records of one resource."""
 
-    def __init__(self, resource: Resource, validate: bool = True) -> None:
+    def __init__(self, resource: Resource, validate: bool = True, unknown_fields: str = "fail") -> None:
         self.resource = resource
         self.validate = validate
+        #: ``drop``: fields the resource does not have are left out; ``fail``: with ``validate``, they fail the record
+        self.drop_unknown = unknown_fields == "drop"
         self.node = compile_schema(resource.schema)
         self.dropped = {f"{resource.entity}Id"} if resource.is_descriptor else set()
 
+    def property_for(self, column: str) -> str | None:
+        """The resource property a top-level column of a record fills (``student_unique_id`` -> ``studentUniqueId``,
+        ``studentReference__studentUniqueId`` -> ``studentReference``), the way :meth:`shape` renames it; None for a
+        column that is not an Ed-Fi field (a vendor's row id)."""
+        props = self.node.props or {}
+        if column in props:
+            return column
+        if FLATTEN_SEPARATOR in column and not column.startswith("_"):
+            column = column.split(FLATTEN_SEPARATOR, 1)[0]
+            if column in props:
+                return column
+        aliases = self.node.aliases
+        return aliases.get(column) or aliases.get(column.lower()) or aliases.get(snake_to_camel(column).lower())
+
     def shape(self, record: dict[str, Any]) -> Shaped:
         record = {k: v for k, v in record.items() if k not in self.dropped} if self.dropped else record
-        problems = Problems(self.validate)
+        problems = Problems(self.validate, self.drop_unknown)
         payload = _shape_object(record, self.node, "$", problems)
         key = self.resource.natural_key(payload)
         complete = all(v is not None for v in key.values())

@@ -125,8 +125,12 @@ class EdFiSink(Sink):
         super().__init__(target, stream_name, schema, key_properties)
         self.route: Route | None = None
         self.shaper: Shaper | None = None
+        #: the columns of the source key: ``source_keys`` of the target's config, else the stream's key_properties
+        self.source_columns: list[str] = list(self.key_properties)
         self.source_only: frozenset[str] = frozenset()
         self.invalid = 0
+        self._warned_unknown: set[str] = set()
+        self._hinted_unknown = False
 
     # -- SDK hooks -------------------------------------------------------------------------------------
     def get_validator(self) -> None:
@@ -145,9 +149,20 @@ class EdFiSink(Sink):
                          "resource_map", self.stream_name)
             return
         self.shaper = self.target.shaper(self.route.resource)
-        # source identifiers that are not Ed-Fi fields (a vendor's row id) are not sent
-        props = self.route.resource.schema.get("properties") or {}
-        self.source_only = frozenset(k for k in self.key_properties if k not in props)
+        configured = self.target.source_key_columns(self.stream_name)
+        if configured is not None:
+            if self.key_properties and list(self.key_properties) != configured:
+                logger.info("stream %s: source key %s from source_keys (the tap says %s)", self.stream_name,
+                            configured, list(self.key_properties))
+            self.source_columns = configured
+            columns = self.schema.get("properties") or {}
+            absent = [c for c in configured if columns and c not in columns]
+            if absent:
+                logger.warning("stream %s: source_keys names %s, which the stream's schema does not have: records "
+                               "without them are keyed by their natural key", self.stream_name, ", ".join(absent))
+        # source identifiers that are not Ed-Fi fields (a vendor's row id) are not sent; a key column that is one
+        # (``student_unique_id`` from tap-csv) is, renamed like any other column
+        self.source_only = frozenset(k for k in self.source_columns if self.shaper.property_for(k) is None)
         logger.info("stream %s -> %s (%s%s)", self.stream_name, self.route.resource.path, self.route.how,
                     "" if self.route.kind == ITEMS else f", {self.route.kind}")
 
@@ -163,7 +178,7 @@ class EdFiSink(Sink):
         return self.target.results
 
     def source_key(self, record: dict[str, Any], fallback: str | None) -> str | None:
-        keys = self.key_properties
+        keys = self.source_columns
         if keys:
             values = {k: record.get(k) for k in keys}
             if all(v is not None for v in values.values()):
@@ -205,6 +220,8 @@ class EdFiSink(Sink):
         if self.source_only:
             record = {k: v for k, v in record.items() if k not in self.source_only}
         shaped = self.shaper.shape(record)
+        if shaped.problems.unknown:
+            self._warn_unknown(shaped.problems.unknown)
         source_key = source_key or shaped.key_text
         if not shaped.ok or source_key is None:
             self._invalid(record, shaped, source_key, version)
@@ -212,6 +229,16 @@ class EdFiSink(Sink):
         self.target.spooler.add(self._spool_row(UPSERT, source_key, source_key, shaped.key_hash, shaped.key_text,
                                                 shaped.body_hash(), shaped.body(), version,
                                                 shaped.descriptor_text()))
+
+    def _warn_unknown(self, paths: list[str]) -> None:
+        """``unknown_fields: drop``: one warning per stream and field (the field's path, never its values)."""
+        for path in paths:
+            if path not in self._warned_unknown and len(self._warned_unknown) < 1000:
+                self._warned_unknown.add(path)
+                assert self.route is not None
+                logger.warning("stream %s: field %s is not a property of %s: left out of every record "
+                               "(unknown_fields: drop; `fail` fails such records instead)", self.stream_name, path,
+                               self.route.resource.path)
 
     def _delete(self, record: dict[str, Any], shaped: Shaped, version: int | None) -> None:
         source_key = self.source_key(record, shaped.key_text)
@@ -247,6 +274,12 @@ class EdFiSink(Sink):
             {"source_key": source_key}
         self.results.fail(path, "invalid", _group(message), example)
         self.invalid += 1
+        if not self._hinted_unknown and "is not a property of this resource" in message:
+            self._hinted_unknown = True
+            fields = [p for p, m in shaped.problems.items if m == "is not a property of this resource"]
+            logger.error("stream %s: %s not a property of %s (unknown_fields: fail): set unknown_fields: drop to "
+                         "leave such fields out, or name a row id column in source_keys", self.stream_name,
+                         ", ".join(fields[:10]) + (" is" if len(fields) == 1 else " are"), path)
         if self.invalid <= LOG_INVALID:
             logger.error("stream %s, record %s: not sent: %s", self.stream_name, source_key or outline(record),
                          message)

@@ -49,7 +49,7 @@ from edfi_core.settings import (
     validate_config,
     with_defaults,
 )
-from target_edfi.mapping import StreamMapper
+from target_edfi.mapping import ITEMS, StreamMapper
 from target_edfi.payloads import Shaper, TooDeep
 from target_edfi.results import Results
 from target_edfi.sender import Sender, send_order
@@ -86,9 +86,21 @@ CONFIG_SCHEMA = th.PropertiesList(
                 description="Check every record against the resource's schema (types, required fields, lengths, "
                             "dates, unknown fields) and its descriptor values (format, and existence in the log or "
                             "the target) before sending; a bad record is logged with field paths and never sent."),
+    th.Property("unknown_fields", th.StringType, default="drop", allowed_values=["drop", "fail"],
+                description="Fields of a record that are not properties of its resource (a SIS view's own "
+                            "columns), after snake_case and flattened names are matched: `drop` leaves them out "
+                            "with one warning per stream and field; `fail` (with `validate`) fails each such "
+                            "record, naming the field."),
+    th.Property("source_keys", th.ObjectType(additional_properties=th.ArrayType(th.StringType)),
+                description="Stream -> the columns of its source key (`{\"students\": [\"sis_id\"]}`), for "
+                            "taps that give none (SQL views have no primary key) or the wrong one; a stream is "
+                            "named as the tap names it or by the text after its last `-` (`sis-students`). Key "
+                            "columns that are not Ed-Fi fields are not sent."),
     th.Property("delete_missing", th.BooleanType, default=False,
                 description="After an ACTIVATE_VERSION of a full-table stream, delete from the API the items this "
-                            "target sent earlier for that stream that the stream no longer has."),
+                            "target sent earlier for that stream that the stream no longer has. Singer SDK taps "
+                            "send ACTIVATE_VERSION only with `emit_activate_version_messages: true`; a stream "
+                            "without one is named in a warning at the end of the run."),
     th.Property("duplicate_keys", th.StringType, default="last_wins", allowed_values=["last_wins", "fail"],
                 description="Records of several source items (different source keys) with one natural key in one "
                             "run: `last_wins` sends the last in input order and counts the others as `duplicates` "
@@ -319,8 +331,18 @@ class TargetEdFi(Target):
     def shaper(self, res: Resource) -> Shaper:
         shaper = self._shapers.get(res.path)
         if shaper is None:
-            shaper = self._shapers[res.path] = Shaper(res, bool(self.settings["validate"]))
+            shaper = self._shapers[res.path] = Shaper(res, bool(self.settings["validate"]),
+                                                      str(self.settings["unknown_fields"]))
         return shaper
+
+    def source_key_columns(self, stream: str) -> list[str] | None:
+        """``source_keys`` for a stream: by its name, or by the text after its last ``-`` (a SQL tap's
+        ``<schema>-<table>``); None when the setting does not name it."""
+        keys = self.settings.get("source_keys") or {}
+        columns = keys.get(stream)
+        if columns is None and "-" in stream:
+            columns = keys.get(stream.rsplit("-", 1)[-1])
+        return [str(c) for c in columns] if columns else None
 
     # -- bad input -------------------------------------------------------------------------------------------
     def _bad_line(self, kind: str, detail: str) -> None:
@@ -439,6 +461,7 @@ class TargetEdFi(Target):
             self.drain_all(is_endofpipe=True)  # every buffered record into the spool (no STATE is written here)
             self.spooler.flush()
             logger.info("input done: %d records spooled in %.1fs", self.spooler.spooled, time.monotonic() - started)
+            self._warn_unactivated()
             self._count_spool()
             for stream in self.results.unmapped:
                 logger.error("stream %r maps to no Ed-Fi resource: %d records not sent", stream,
@@ -485,6 +508,19 @@ class TargetEdFi(Target):
         for path, (_, earlier) in counts.items():
             if earlier:
                 self.results.add(path, "resumed", earlier)
+
+    def _warn_unactivated(self) -> None:
+        """``delete_missing`` with streams that ended without ACTIVATE_VERSION: nothing can be deleted for them."""
+        if not self.settings["delete_missing"]:
+            return
+        for stream in sorted((self._versioned | self._unversioned) - set(self._activations)):
+            route = self.routes.route(stream)
+            if route is None or route.kind != ITEMS:
+                continue
+            logger.warning("stream %s ended without ACTIVATE_VERSION: delete_missing deletes nothing for it (items "
+                           "the source no longer has stay in the API). Singer SDK taps (tap-postgres, tap-csv) send "
+                           "it for full-table streams with the tap setting `emit_activate_version_messages: true`",
+                           stream)
 
     def _valid_activations(self) -> dict[str, int]:
         out = {}

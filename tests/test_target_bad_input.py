@@ -83,7 +83,9 @@ def test_bad_input_is_reported_and_everything_else_is_sent(make_sandbox: Any, tm
     data += line({"type": "STATE", "value": {"done": True}})
     results = tmp_path / "results.json"
     with caplog.at_level(logging.INFO):
-        run = run_target(target_config(sb, tmp_path / "log.db", results_file=str(results)), data)
+        # unknown_fields: fail (the default drops them, with a warning): here an unknown field is bad input
+        run = run_target(target_config(sb, tmp_path / "log.db", results_file=str(results), unknown_fields="fail"),
+                         data)
 
     # everything good landed
     assert sb.store.count("/ed-fi/students") == 3

@@ -136,3 +136,18 @@ def test_other_namespaces_map_like_tap_edfi_names_them() -> None:
     for name in ("tpdm_candidates", "tpdm/candidates", "candidates"):
         assert mapper.route(name).resource.path == "/tpdm/candidates", name
     assert mapper.route("tpdm_candidates_key_changes").kind == KEY_CHANGES
+
+
+def test_flat_snake_case_columns_with_a_row_id_are_shaped_and_the_row_id_named_once(model: ApiModel) -> None:
+    """tap-csv's flat, snake_case columns (``student_reference__student_unique_id``, every cell a string) beside
+    the vendor's row id: conformed to the resource; the row id is reported once (``fail``) or left out (``drop``)."""
+    row = {"sis_id": "1", "student_reference__student_unique_id": "S1", "school_reference__school_id": "255901001",
+           "entry_date": "2024-08-20", "entry_grade_level_descriptor": "uri://ed-fi.org/GradeLevelDescriptor#Ninth",
+           "exit_withdraw_date": ""}
+    payload = {"studentReference": {"studentUniqueId": "S1"}, "schoolReference": {"schoolId": 255901001},
+               "entryDate": "2024-08-20", "entryGradeLevelDescriptor": "uri://ed-fi.org/GradeLevelDescriptor#Ninth"}
+    strict = Shaper(model.get("/ed-fi/studentSchoolAssociations")).shape(row)
+    assert strict.problems.items == [("$.sis_id", "is not a property of this resource")]
+    dropped = Shaper(model.get("/ed-fi/studentSchoolAssociations"), unknown_fields="drop").shape(row)
+    assert dropped.ok and dropped.payload == payload and dropped.problems.unknown == ["$.sis_id"]
+    assert len(dropped.problems.descriptors) == 1

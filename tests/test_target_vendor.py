@@ -185,3 +185,115 @@ def test_full_table_streams_delete_what_the_source_no_longer_has(sites: tuple[Sa
 
         expected[path].pop(canonical(res.natural_key(record)).decode())
     assert diff_content(expected, content(b)) == []
+
+
+# -- flat vendor sources: snake_case key columns, columns that are not Ed-Fi fields, views without keys ----------
+STUDENTS = [{"studentUniqueId": f"90{n:04d}", "firstName": f"First{n}", "lastSurname": f"Last{n}",
+             "birthDate": f"2010-0{1 + n % 9}-1{n % 10}"} for n in range(1, 7)]
+
+
+def csv_row(student: dict[str, Any]) -> dict[str, str]:
+    """A student as tap-csv reads it: snake_case headers, every cell a string."""
+    return {"student_unique_id": student["studentUniqueId"], "first_name": student["firstName"],
+            "last_surname": student["lastSurname"], "birth_date": student["birthDate"]}
+
+
+def students_in(sb: Sandbox) -> dict[str, dict[str, Any]]:
+    return content(sb, {"/ed-fi/students"})["/ed-fi/students"]
+
+
+def expected_students(students: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    from edfi_core.keys import canonical
+
+    return {canonical({"studentUniqueId": s["studentUniqueId"]}).decode(): s for s in students}
+
+
+def test_a_snake_case_key_column_is_renamed_not_dropped(make_sandbox: Any, tmp_path: Path) -> None:
+    """tap-csv with ``keys: [student_unique_id]``: the key column is an Ed-Fi field under another name; it is
+    renamed like every other column (it used to be dropped first, and every record failed
+    ``$.studentUniqueId: is required``)."""
+    b = make_sandbox("7.3")
+    data = singer_messages([("students", csv_row(s)) for s in STUDENTS],
+                           key_properties={"students": ["student_unique_id"]})
+    run = run_target(target_config(b, tmp_path / "log.db"), data)
+    assert run.exit_code == 0, run.results
+    assert run.totals["created"] == len(STUDENTS) and run.totals["failed_all"] == 0
+    assert students_in(b) == expected_students(STUDENTS)
+
+
+def test_columns_that_are_not_ed_fi_fields_are_dropped_with_one_warning_per_stream_and_field(
+        make_sandbox: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``unknown_fields`` (default ``drop``): a view's own columns are left out, one warning per stream and field
+    (never the values); ``fail`` fails each record, naming the field and the setting."""
+    b = make_sandbox("7.3")
+    rows = [{**csv_row(s), "sis_id": f"S{n}", "updated_at": f"2025-01-0{n}T10:00:00Z",
+             "studentReference": {"studentUniqueId": s["studentUniqueId"]}}
+            for n, s in enumerate(STUDENTS, 1)]
+    data = singer_messages([("students", r) for r in rows])
+
+    caplog.set_level("WARNING", logger="target_edfi")
+    run = run_target(target_config(b, tmp_path / "fail.db", unknown_fields="fail", max_failures=-1), data)
+    assert run.totals["created"] == 0 and run.totals["failed"] == len(STUDENTS)
+    hints = [r.getMessage() for r in caplog.records if "unknown_fields: drop" in r.getMessage()]
+    assert len(hints) == 1 and "$.sis_id" in hints[0] and "$.updated_at" in hints[0], hints
+    assert students_in(b) == {}
+
+    caplog.clear()
+    run = run_target(target_config(b, tmp_path / "drop.db"), data)  # the default
+    assert run.exit_code == 0, run.results
+    assert run.totals["created"] == len(STUDENTS) and run.totals["failed_all"] == 0
+    assert students_in(b) == expected_students(STUDENTS)
+    warnings = sorted(r.getMessage() for r in caplog.records if "is not a property of" in r.getMessage())
+    assert len(warnings) == 3, warnings  # sis_id, updated_at, studentReference: once each, not once per record
+    assert all("students" in w and "S1" not in w and "2025" not in w for w in warnings)
+    assert any("$.sis_id" in w for w in warnings) and any("$.studentReference" in w for w in warnings)
+
+
+def test_source_keys_name_the_source_key_of_a_stream_the_tap_gives_none(make_sandbox: Any, tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A SQL view has no key properties: ``source_keys`` names its row id column (by stream name or by the table
+    part of ``<schema>-<table>``). The column is not sent, and a changed natural key of the same row is a key change:
+    the old student goes (students are not key-updatable: POST the new, DELETE the old)."""
+    b = make_sandbox("7.3")
+    counter = RequestCounter(b)
+    config = target_config(b, tmp_path / "log.db", source_keys={"students": ["sis_id"]})
+
+    def view(students: list[dict[str, Any]]) -> bytes:
+        return singer_messages([("sis_edfi-students", {**csv_row(s), "sis_id": f"ROW-{n}"})
+                                for n, s in enumerate(students, 1)])
+
+    caplog.set_level("WARNING", logger="target_edfi")
+    run = run_target(config, view(STUDENTS))
+    assert run.exit_code == 0, run.results
+    assert students_in(b) == expected_students(STUDENTS)
+    assert not [r for r in caplog.records if "sis_id" in r.getMessage()]  # a source key, not an unknown field
+
+    changed = [dict(s) for s in STUDENTS]
+    changed[0]["studentUniqueId"] = "990001"  # the SIS corrected a student number on row ROW-1
+    counter.reset()
+    run = run_target(config, view(changed))
+    assert run.exit_code == 0, run.results
+    assert students_in(b) == expected_students(changed)
+    assert counter.counts == {"POST": 1, "DELETE": 1}
+    assert run.totals["key_changes"] == 1
+
+
+def test_delete_missing_without_activate_version_says_so_per_stream(make_sandbox: Any, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """``delete_missing`` with a tap that never sends ACTIVATE_VERSION: a warning per stream at the end, naming the
+    tap setting that makes singer-sdk taps send it; none for a stream that got one."""
+    b = make_sandbox("7.3")
+    config = target_config(b, tmp_path / "log.db", delete_missing=True)
+    caplog.set_level("WARNING", logger="target_edfi")
+    run = run_target(config, singer_messages([("students", csv_row(s)) for s in STUDENTS]))
+    assert run.exit_code == 0, run.results
+    warned = [r.getMessage() for r in caplog.records if "emit_activate_version_messages" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("stream students ended without ACTIVATE_VERSION"), warned
+
+    caplog.clear()
+    versioned = singer_messages([("students", csv_row(s)) for s in STUDENTS], versions={"students": 5})
+    versioned += orjson.dumps({"type": "ACTIVATE_VERSION", "stream": "students", "version": 5}) + b"\n"
+    run = run_target(config, versioned)
+    assert run.exit_code == 0, run.results
+    assert not [r for r in caplog.records if "emit_activate_version_messages" in r.getMessage()]
+    assert students_in(b) == expected_students(STUDENTS)
