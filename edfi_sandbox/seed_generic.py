@@ -299,9 +299,9 @@ class _Item:
         ref_props = [p for p in props if (*path, p) in self.refs]
         ref_props.sort(key=lambda p: (
             not (top and primary is not None and (p,) == primary.path),
-            not (top and p in self.ident), p not in required, -len(self.refs[(*path, p)].fields), p))
+            not (top and p in self.ident), p not in required, -len(self.refs[path + (p,)].fields), p))
         for prop in ref_props:
-            ref = self.refs[(*path, prop)]
+            ref = self.refs[path + (prop,)]
             if top and primary is not None and ref is primary and parent is not None:
                 out[prop] = {f: parent[f] for f in ref.fields}
                 continue
