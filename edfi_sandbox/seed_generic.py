@@ -279,6 +279,10 @@ class _Item:
         self.reasons = reasons
         self.ident = set(res.identity)
 
+    def _ref_at(self, path: tuple[str, ...], prop: str) -> Reference:
+        key = (*path, prop)
+        return self.refs[key]
+
     def document(self, primary: Reference | None, parent: JSON | None, fixed: JSON | None = None) -> JSON | None:
         bound: JSON = dict(fixed or {})
         if primary is not None and parent is not None:
@@ -299,9 +303,9 @@ class _Item:
         ref_props = [p for p in props if (*path, p) in self.refs]
         ref_props.sort(key=lambda p: (
             not (top and primary is not None and (p,) == primary.path),
-            not (top and p in self.ident), p not in required, -len(self.refs[path + (p,)].fields), p))
+            not (top and p in self.ident), p not in required, -len(self._ref_at(path, p).fields), p))
         for prop in ref_props:
-            ref = self.refs[path + (prop,)]
+            ref = self._ref_at(path, prop)
             if top and primary is not None and ref is primary and parent is not None:
                 out[prop] = {f: parent[f] for f in ref.fields}
                 continue
