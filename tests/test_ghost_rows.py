@@ -192,6 +192,68 @@ def test_a_reconciliation_that_does_not_catch_up_writes_no_activate_version(
         proxy.stop()
 
 
+class ChurningProxy(FaultProxy):
+    """A loopback proxy that runs the sandbox's churn (updates and deletes of one resource) from the tap's first
+    GET of its items from change version 0 (the reconciliation's full read) until its ``stop_at``-th question
+    for items above a bound without an upper one (each catch-up pass asks that first)."""
+
+    def __init__(self, sb: Sandbox, path: str, rate: float, stop_at: int) -> None:
+        super().__init__(sb.base_url)
+        self.sb, self.path, self.rate, self.stop_at = sb, path, rate, stop_at
+        self.armed = False
+        self.churn: Any = None
+        self.tails = 0
+        self._hook_lock = threading.Lock()
+
+    def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes
+                 ) -> tuple[int, str, list[tuple[str, str]], bytes]:
+        url = urllib.parse.urlsplit(path)
+        if self.armed and method == "GET" and url.path.endswith(self.path):
+            query = dict(urllib.parse.parse_qsl(url.query))
+            with self._hook_lock:
+                if query.get("minChangeVersion") == "0" and self.churn is None:
+                    self.churn = self.sb.start_churn(self.rate, resources=[self.path], delete_fraction=0.2, seed=7)
+                elif "maxChangeVersion" not in query and self.churn is not None and self.tails < self.stop_at:
+                    self.tails += 1
+                    if self.tails == self.stop_at:
+                        self.sb.stop_churn()
+        return super()._forward(method, path, headers, body)
+
+
+@pytest.mark.parametrize(("version", "paging"), [("6.1", "offset"), ("7.3", "cursor")])
+def test_churn_while_reconciling_marks_no_live_item_deleted(version: str, paging: str) -> None:
+    """The sandbox's churn updates items while the stream is read in full and during the first catch-up pass (the
+    second pass reads quietly): every item live before and after the run is written with the activated version
+    (only items deleted during the run may be missing), and the bookmark is the run's bound."""
+    path = "/ed-fi/students"
+    with Sandbox(version, seed=60) as sb:
+        sb.set_faults(latency_ms=10)  # 12 pages of 5 items: the full read lasts long enough to be churned
+        proxy = ChurningProxy(sb, path, rate=150, stop_at=2).start()
+        try:
+            config = tap_config(sb, resources=["students"], include_descriptors=False, page_size=5, max_workers=2,
+                                reconcile_interval=1, use_snapshot="never", paging=paging)
+            config["base_url"] = (sb.api_root or sb.base_url).replace(sb.base_url, proxy.url)
+            first = run_tap(config)
+            time.sleep(1.5)  # reconcile_interval is 1 second
+            before = {d["id"] for d in sb.store.iter_docs(path)}
+            proxy.armed = True
+            second = run_tap(config, state=first.last_state)
+            sb.stop_churn()
+        finally:
+            proxy.stop()
+        # churned through the full read and the first catch-up pass, stopped when the second pass began
+        assert proxy.churn is not None and proxy.tails == 2, "the churn did not run during the reconciliation"
+        assert proxy.churn.updates > 5, "the churn did not change items during the run"
+        after = {d["id"] for d in sb.store.iter_docs(path)}
+        [activate] = [m for m in second.messages if m.get("type") == "ACTIVATE_VERSION"]
+        versioned = {m["record"]["id"] for m in second.messages if m.get("type") == "RECORD"
+                     and m["stream"] == "students" and m.get("version") == activate["version"]}
+        assert (before & after) - versioned == set()  # no live item would be marked deleted
+        assert after <= versioned  # churn creates nothing: every live item was written with the version
+        assert second.last_state["bookmarks"]["students"]["change_version"] == \
+            second.tap.run_context.newest
+
+
 def test_meltano_run_into_postgres_drops_ghost_rows(installed: None) -> None:  # noqa: F811 - the fixture
     assert _postgres_up(), "PostgreSQL is not running on 127.0.0.1:5432"
     schema = f"edfi_ghost_{uuid.uuid4().hex[:8]}"
