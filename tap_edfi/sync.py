@@ -54,6 +54,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+#: a reconciliation without a snapshot reads the changes made while it ran in at most this many passes
+CATCH_UP_PASSES = 8
+
+
 class SyncError(RuntimeError):
     """A fatal error while syncing: names the stream, and through the cause the URL and status."""
 
@@ -338,6 +342,57 @@ class SyncEngine:
             return None
         return int(time.time() * 1000)
 
+    def catch_up(self, source: Source) -> bool:
+        """Before a reconciliation's ACTIVATE_VERSION: also write, with the same table version, every item that
+        changed after the run's bound; True when nothing is left out (ACTIVATE_VERSION may be written).
+
+        Without a snapshot, an item updated while the stream was read takes a change version above the bound and
+        the bounded read does not have it: ACTIVATE_VERSION alone would mark that live item deleted. So the
+        changes since the bound are read in passes: the first from bound + 1 to a fresh ``newestChangeVersion``,
+        each next one from there on. A pass is needed only while the stream has an item beyond the last pass's
+        upper bound (asked with ``minChangeVersion`` and no maximum). Once none is, every live item was read:
+        an item whose change version is at or below that bound now stayed in the window of its version while
+        that window was read (change versions only grow, and a version at or below a bound was taken before the
+        bound was read, so nothing enters a window after it is counted). When items keep changing for
+        ``CATCH_UP_PASSES`` passes the reconciliation is skipped (a warning names the stream): no
+        ACTIVATE_VERSION, ``reconciled_at`` unchanged, so the next run reconciles again. Inside a snapshot the
+        read is exact: nothing to catch up. The bookmark stays at the bound (what was read past it is read
+        again by the next run, harmlessly: rows are keyed by ``id``)."""
+        if self.run.snapshot_headers or source.hi is None:
+            return True
+        ep = source.endpoint
+        name = source.stream.name
+        bound = source.hi
+        read = 0
+        try:
+            for passes in range(CATCH_UP_PASSES + 1):
+                if self.reader.count(ep, bound + 1, None) == 0:
+                    if passes:
+                        logger.info("%s: reconciliation caught up with %d item(s) changed after change version "
+                                    "%s (%d pass(es), to change version %s)", name, read, source.hi, passes,
+                                    bound)
+                    return True
+                if passes == CATCH_UP_PASSES:
+                    break
+                newest = self.client.available_change_versions()[1]
+                for window in self.planner.plan(ep, bound + 1, newest):
+                    for index in range(len(window.chunks)):
+                        records, ids = self.fetch_with_ids(source, window, index)
+                        self.emit_new(source, window, records, ids)
+                    self.complete(source, window)
+                    read += len(window.seen)
+                    window.seen = set()
+                bound = max(bound, newest)
+        except EdFiHTTPError as exc:
+            raise SyncError(f"stream '{name}', reconciliation: reading the changes after change version "
+                            f"{bound}: {exc}") from exc
+        logger.warning("%s: not reconciled this run: its items kept changing while the tap read the changes after "
+                       "the run's bound (change version %s, %d passes, to change version %s; no snapshot to read "
+                       "them in). No ACTIVATE_VERSION was written, so the target marks none of its rows deleted; "
+                       "the next run reconciles again (use_snapshot: auto on an API with snapshots makes the read "
+                       "exact)", name, source.hi, CATCH_UP_PASSES, bound)
+        return False
+
     def plan(self, source: Source) -> list[Window] | None:
         """The windows of a source (in a worker); None when the client may not read it."""
         planner = self.planner if source.kind == ITEMS else self.deletes_planner
@@ -522,11 +577,12 @@ class SyncEngine:
             if src.hi is not None:
                 self.advance(src, src.hi)
             if src.kind == ITEMS and src.hi is not None:
-                if src.version is not None:
-                    # every live item up to the bound was written with this version: older rows are gone
+                activate = src.version is not None and self.catch_up(src)
+                if activate:
+                    # every item live now was written with this version: older rows are gone
                     self.output.write_message({"type": "ACTIVATE_VERSION", "stream": src.stream.name,
                                                "version": src.version})
-                if src.version is not None or self.bookmark(src.stream.name, "reconciled_at") is None:
+                if activate or (src.version is None and self.bookmark(src.stream.name, "reconciled_at") is None):
                     self.set_bookmark(src.stream.name, "reconciled_at", int(time.time()))
             if marker.last:
                 self.progress.finish(src.stream.name)
