@@ -464,9 +464,11 @@ class Store:
                         f"Identifying values for the {entity} data cannot be changed. Delete and recreate the"
                         " item instead."
                     )
+                # 7.1: EntityMapper.mustache's BadRequestException (docs/change-queries.md); 5.3/6.1 keep the
+                # sandbox's older wording (not traced in their source)
+                ending = "." if self.api_version.startswith("7") else " instead."
                 raise KeyChangeNotSupported(
-                    "Key values for this resource cannot be changed. Delete and recreate the resource"
-                    " item instead."
+                    "Key values for this resource cannot be changed. Delete and recreate the resource item" + ending
                 )
             if key_changed and self._lookup_key(self._writer, path, new_hash):
                 raise NonUniqueIdentity(

@@ -187,6 +187,9 @@ def test_7_x_refuses_a_person_key_change(make_sandbox, version) -> None:
     if version == "7.3":
         assert resp.json()["detail"] == ("Identifying values for the Student data cannot be changed. Delete and "
                                          "recreate the item instead.")
+    else:  # 7.1: EntityMapper.mustache (docs/change-queries.md)
+        assert resp.json()["message"] == ("Key values for this resource cannot be changed. Delete and recreate the "
+                                          "resource item.")
     assert api.get("/ed-fi/students/keyChanges").json() == []
     assert api.get(f"/ed-fi/students/{student['id']}").json()["studentUniqueId"] == "S0000"
 
