@@ -7,6 +7,9 @@ target-edfi writes them to a sandbox with ``delete_missing`` and ``source_keys``
 the SIS changes a row, a natural key (an enrollment's entry date), hard-deletes an enrollment and its student and
 sets an exit date; the rerun brings the API level with the database.
 
+The same with CSV files: ``meltano run tap-csv-folder target-edfi`` (project ``tests/meltano_csv/meltano.yml``), one
+file per Ed-Fi resource with snake_case and flattened (``studentReference__studentUniqueId``) headers.
+
 The meltano project is ``tests/meltano_vendor/meltano.yml``, the file the README shows. Its plugins are installed once
 into ``.meltano-vendor/`` of the repo (gitignored, ``MELTANO_SYS_DIR_ROOT``) and reused by later runs; each test has
 its own schemas, transaction log and Meltano system database. Nothing here is skipped: a missing meltano or
@@ -15,6 +18,8 @@ database fails.
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import os
 import shutil
@@ -42,10 +47,11 @@ DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 PATHS = ("/ed-fi/schools", "/ed-fi/students", "/ed-fi/studentSchoolAssociations")
 
 
-def _meltano(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+def _meltano(args: list[str], env: dict[str, str], timeout: float = 600,
+             project: Path = PROJECT) -> subprocess.CompletedProcess:
     assert Path(MELTANO).exists(), "meltano is not installed: run `make meltano` (it installs .venv-meltano)"
     env = {**os.environ, "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false", "MELTANO_SYS_DIR_ROOT": str(SYS_DIR), **env}
-    return subprocess.run([MELTANO, *args], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([MELTANO, *args], cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -210,3 +216,127 @@ def test_meltano_run_tap_postgres_target_edfi_follows_the_sis(vendor_plugins: No
 def test_the_readme_shows_the_meltano_yml_the_test_runs() -> None:
     readme = (REPO / "README.md").read_text()
     assert f"```yaml\n{(PROJECT / 'meltano.yml').read_text()}```" in readme
+
+
+# -- CSV files: tap-csv-folder ------------------------------------------------------------------------------------
+CSV_PROJECT = REPO / "tests" / "meltano_csv"
+CATEGORIES = '[{"educationOrganizationCategoryDescriptor": "uri://ed-fi.org/EducationOrganizationCategoryDescriptor#School"}]'
+GRADES = ('[{"gradeLevelDescriptor": "uri://ed-fi.org/GradeLevelDescriptor#Ninth grade"}, '
+          '{"gradeLevelDescriptor": "uri://ed-fi.org/GradeLevelDescriptor#Tenth grade"}]')
+
+
+@pytest.fixture(scope="session")
+def csv_plugins() -> None:
+    """tap-csv-folder and target-edfi installed once into .meltano-vendor/ (shared with the tap-postgres project)."""
+    installed = [SYS_DIR / "extractors" / "tap-csv-folder" / "venv" / "bin" / "tap-csv-folder",
+                 SYS_DIR / "loaders" / "target-edfi" / "venv" / "bin" / "target-edfi"]
+    if all(p.exists() for p in installed):
+        return
+    started = time.monotonic()
+    proc = _meltano(["install"], {}, project=CSV_PROJECT)
+    assert proc.returncode == 0, f"meltano install failed: {proc.stderr[-3000:]}"
+    logger.warning("meltano install of the CSV plugins took %.0fs", time.monotonic() - started)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def csv_files(folder: Path, students: list[list[Any]], enrollments: list[list[Any]]) -> None:
+    """The files a SIS export writes: descriptors, schools, students, enrollments, one per Ed-Fi resource."""
+    _write_csv(folder / "grade_level_descriptors.csv", ["namespace", "code_value", "short_description", "description"],
+               [["uri://ed-fi.org/GradeLevelDescriptor", g, g, g] for g in ("Ninth grade", "Tenth grade")])
+    _write_csv(folder / "education_organization_category_descriptors.csv",
+               ["namespace", "code_value", "short_description", "description"],
+               [["uri://ed-fi.org/EducationOrganizationCategoryDescriptor", "School", "School", "School"]])
+    _write_csv(folder / "schools.csv", ["school_id", "name_of_institution", "education_organization_categories",
+                                        "grade_levels"],
+               [[255901001, "Grand Bend High", CATEGORIES, GRADES], [255901002, "Bend North High", CATEGORIES, GRADES]])
+    _write_csv(folder / "students.csv", ["student_unique_id", "first_name", "last_surname", "birth_date"], students)
+    _write_csv(folder / "student_school_associations.csv",
+               ["studentReference__studentUniqueId", "school_reference__school_id", "entry_date",
+                "entry_grade_level_descriptor"], enrollments)
+
+
+def csv_expected(folder: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """What the API must hold, from the CSV files."""
+    schools = {}
+    for row in _read_csv(folder / "schools.csv"):
+        doc = {"schoolId": int(row["school_id"]), "nameOfInstitution": row["name_of_institution"],
+               "educationOrganizationCategories": json.loads(row["education_organization_categories"]),
+               "gradeLevels": json.loads(row["grade_levels"])}
+        schools[_key(doc, "schoolId")] = doc
+    students = {}
+    for row in _read_csv(folder / "students.csv"):
+        doc = {"studentUniqueId": row["student_unique_id"], "firstName": row["first_name"],
+               "lastSurname": row["last_surname"], "birthDate": row["birth_date"]}
+        students[_key(doc, "studentUniqueId")] = doc
+    enrollments = {}
+    for row in _read_csv(folder / "student_school_associations.csv"):
+        number, school = row["studentReference__studentUniqueId"], int(row["school_reference__school_id"])
+        doc = {"studentReference": {"studentUniqueId": number}, "schoolReference": {"schoolId": school},
+               "entryDate": row["entry_date"], "entryGradeLevelDescriptor": row["entry_grade_level_descriptor"]}
+        key = {"entryDate": doc["entryDate"], "schoolId": school, "studentUniqueId": number}
+        enrollments[canonical(key).decode()] = doc
+    return {"/ed-fi/schools": schools, "/ed-fi/students": students, "/ed-fi/studentSchoolAssociations": enrollments}
+
+
+def test_meltano_run_tap_csv_folder_target_edfi_follows_the_files(csv_plugins: None, make_sandbox: Any,
+                                                                  tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    students = [[f"S{700 + n}", f"First{n}", f"Last{n}", f"2009-01-{n + 10:02d}"] for n in range(1, 9)]
+    enrollments = [[f"S{700 + n}", 255901001 + n % 2, "2024-08-20",
+                    f"uri://ed-fi.org/GradeLevelDescriptor#{'Tenth' if n % 3 == 0 else 'Ninth'} grade"]
+                   for n in range(1, 9)]
+    csv_files(folder, students, enrollments)
+    sb: Sandbox = make_sandbox("7.3")
+    counter = RequestCounter(sb)
+    env = {"TAP_CSV_FOLDER_PATH": str(folder), "TARGET_EDFI_BASE_URL": sb.api_root,
+           "TARGET_EDFI_CLIENT_ID": sb.client_id, "TARGET_EDFI_CLIENT_SECRET": sb.client_secret,
+           "TARGET_EDFI_TRANSACTION_LOG": str(tmp_path / "log.db"),
+           "MELTANO_DATABASE_URI": f"sqlite:///{tmp_path / 'meltano.db'}"}
+
+    def run() -> subprocess.CompletedProcess:
+        proc = _meltano(["run", "tap-csv-folder", "target-edfi"], env, project=CSV_PROJECT)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return proc
+
+    # 1. the first run loads the files: the API equals them
+    proc = run()
+    assert diff_content(api(sb), csv_expected(folder)) == []
+    assert counter.counts["POST"] == 2 + 1 + 2 + 8 + 8, counter.counts  # descriptors, schools, students, enrollments
+    assert "is not a property of" not in proc.stderr  # every column is an Ed-Fi field
+
+    # 2. the same files again: nothing is written
+    counter.reset()
+    run()
+    assert counter.counts == {}
+
+    # 3. the export changes: a student's name, and a new student and enrollment as the files' first rows (every
+    # other row moves a line down: the natural key, not the line, is the source key)
+    students[1][1] = "Renamed"
+    csv_files(folder, [["S799", "New", "Student", "2009-03-03"], *students],
+              [["S799", 255901002, "2024-09-02", "uri://ed-fi.org/GradeLevelDescriptor#Ninth grade"], *enrollments])
+    counter.reset()
+    run()
+    assert diff_content(api(sb), csv_expected(folder)) == []
+    assert counter.counts == {"POST": 3}, counter.counts  # the renamed student, the new student and enrollment
+
+    # 4. and again unchanged: nothing is written
+    counter.reset()
+    run()
+    assert counter.counts == {}
+
+
+def test_the_readme_shows_the_csv_meltano_yml_the_test_runs() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert f"```yaml\n{(CSV_PROJECT / 'meltano.yml').read_text()}```" in readme
