@@ -103,13 +103,14 @@ class Resource:
 
     def natural_key(self, doc: JSON) -> dict[str, Any]:
         """The flattened natural key of a document (missing parts are ``None``)."""
-        return {name: _dig(doc, path) for name, path in self.key_paths.items()}
+        return {name: value_at(doc, path) for name, path in self.key_paths.items()}
 
     def __repr__(self) -> str:  # dataclass repr would print whole schemas
         return f"Resource({self.path})"
 
 
-def _dig(doc: Any, path: tuple[str, ...]) -> Any:
+def value_at(doc: Any, path: tuple[str, ...]) -> Any:
+    """The value at a path of nested objects (None where an object or the value is missing)."""
     for part in path:
         if not isinstance(doc, dict):
             return None

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from edfi_core.openapi import ApiModel, Resource
+from edfi_core.openapi import ApiModel, Resource, value_at
 
 SANDBOX = "Ed-Fi Sandbox"
 SIS_VENDOR = "SIS Vendor"
@@ -402,7 +402,7 @@ class ClientScope:
             npath = _namespace_path(res)
             if npath is None:
                 return
-            value = _dig(doc, npath)
+            value = value_at(doc, npath)
             if not any(isinstance(value, str) and value.startswith(ns) for ns in self.spec.namespaces):
                 prefixes = "', '".join(self.spec.namespaces)
                 text = ("Access to the resource item could not be authorized because the Namespace of the resource"
@@ -416,7 +416,7 @@ class ClientScope:
             return
         failed = []
         for name in self._subjects(res, strategy):
-            value = _dig(doc, res.key_paths[name])
+            value = value_at(doc, res.key_paths[name])
             if value not in self._allowed(conn, name, including_deletes=False):
                 failed.append(name)
         if failed:
@@ -456,10 +456,3 @@ def _namespace_path(res: Resource) -> tuple[str, ...] | None:
         return ("namespace",)
     return res.key_paths.get("namespace") or res.field_paths.get("namespace")
 
-
-def _dig(doc: Any, path: tuple[str, ...]) -> Any:
-    for part in path:
-        if not isinstance(doc, dict):
-            return None
-        doc = doc.get(part)
-    return doc

@@ -129,14 +129,6 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _dig(doc: Any, path: Iterable[str]) -> Any:
-    for part in path:
-        if not isinstance(doc, dict):
-            return None
-        doc = doc.get(part)
-    return doc
-
-
 def _reference_objects(doc: JSON, path: tuple[str, ...]) -> Iterator[JSON]:
     """Every object found at a reference path; ``[]`` steps into arrays."""
     nodes: list[Any] = [doc]

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from edfi_sandbox.store import Store
 from tests.conftest import OPENAPI
 from tests.tap_support import run_tap, tap_config
 from tests.target_support import content, diff_content, run_target, target_config
+from tests.test_seed import _dig
 
 logger = logging.getLogger(__name__)
 
@@ -72,18 +72,6 @@ def _payload_schema(schema: Any) -> Any:
     if isinstance(schema, list):
         return [_payload_schema(v) for v in schema]
     return schema
-
-
-def _dig(doc: Any, path: tuple[str, ...]) -> Iterator[Any]:
-    if not path:
-        yield doc
-        return
-    head, rest = path[0], path[1:]
-    if head == "[]":
-        for item in doc if isinstance(doc, list) else []:
-            yield from _dig(item, rest)
-    elif isinstance(doc, dict) and head in doc:
-        yield from _dig(doc[head], rest)
 
 
 def _ref_key(obj: dict, target: Resource, ref_fields: tuple[str, ...]) -> tuple | None:

@@ -15,8 +15,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,11 @@ from tests.target_support import (
     singer_messages,
     target_config,
 )
-from tests.test_target_txlog import PG_URL, open_from, postgres_up, rows
+from tests.test_target_txlog import (
+    log_settings,  # noqa: F401 - the fixture (SQLite and PostgreSQL logs)
+    open_from,
+    rows,
+)
 
 GRADE = "uri://ed-fi.org/GradeLevelDescriptor"
 CATEGORY = "uri://ed-fi.org/EducationOrganizationCategoryDescriptor"
@@ -71,21 +73,6 @@ def student(row: int, uid: str) -> tuple[str, dict[str, Any]]:
 
 KEYS = {"classPeriods": ["period_id"], "students": ["student_id"]}
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def log_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A transaction log on SQLite, then on PostgreSQL (in a schema of its own)."""
-    if request.param == "sqlite":
-        yield {"transaction_log": str(tmp_path / "log.db")}
-        return
-    if not postgres_up():
-        pytest.skip("no PostgreSQL at 127.0.0.1:5432 (database test)")
-    import psycopg
-
-    schema = f"target_edfi_keys_{uuid.uuid4().hex[:10]}"
-    yield {"transaction_log": PG_URL, "transaction_log_schema": schema}
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 #: vendor row -> natural key, before and after: a swap (1, 2), a chain (3: P3->P4, 4: P4->P5), a cycle (5, 6, 7),
 #: a move (8: P9->P10) whose old key a new row (9) takes
@@ -184,7 +171,7 @@ def test_a_key_change_that_waits_holds_its_key_for_the_chain_behind_it(make_sand
     assert_log_consistent(tmp_path / "log.db", sb, CLASS_PERIODS, "classPeriodName")
 
 
-def test_swaps_chains_and_cycles_by_post_and_delete(make_sandbox: Any, log_settings: dict[str, str]) -> None:
+def test_swaps_chains_and_cycles_by_post_and_delete(make_sandbox: Any, log_settings: dict[str, str]) -> None:  # noqa: F811
     """students (not key-updatable: POST the new key, DELETE the old item): an old key another record of the run
     takes is overwritten in place, never deleted; only the key nobody takes any more (the chain's start) is."""
     sb = make_sandbox("7.3")
@@ -370,7 +357,7 @@ def test_duplicate_keys_fail_makes_them_named_failures(make_sandbox: Any, tmp_pa
 
 # -- case 8: a key change with delete_missing -----------------------------------------------------------------------
 def test_key_change_with_delete_missing_deletes_the_old_item_once(make_sandbox: Any,
-                                                                  log_settings: dict[str, str]) -> None:
+                                                                  log_settings: dict[str, str]) -> None:  # noqa: F811
     sb = make_sandbox("7.3")
     counter = RequestCounter(sb)
     config = target_config(sb, "", delete_missing=True, **log_settings)
