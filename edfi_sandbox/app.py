@@ -450,6 +450,24 @@ class SandboxApp:
             return self._json({"requests": self.requests, "byArea": self.requests_by_area,
                                "tokensIssued": self.tokens.issued, "changeVersion": self.store.change_version,
                                "faultsInjected": self.faults.injected})
+        if what == "purge-changes" and req.method == "POST":
+            try:
+                below = int(req.query.get("below", ""))
+            except ValueError as exc:
+                raise HttpError(400, "bad-request", "purge-changes needs ?below=<change version>") from exc
+            purged = self.store.purge_changes(below)
+            return self._json({"purged": purged, "oldestChangeVersion": self.store.oldest_change_version()})
+        parts = what.split("/")
+        if parts[0] == "items" and len(parts) == 4 and req.method == "DELETE":
+            # an item removed without change tracking: no change version, no /deletes entry
+            res = self._resource(parts[1], parts[2])
+            if res is None:
+                raise HttpError(404, "not-found", "The specified resource could not be found.")
+            try:
+                self.store.delete(res.path, parts[3], track=False)
+            except StoreError as exc:
+                raise HttpError(404, "not-found", str(exc)) from exc
+            return Reply(204)
         if what == "tokens" and req.method == "DELETE":
             self.tokens.revoke_all()
             return Reply(204)

@@ -476,8 +476,19 @@ class Store:
                     self._cascade_key_change(res.path, old_hash, new_hash, old_key, new_key, surrogate=person_key)
         return result
 
-    def delete(self, path: str, item_id: str, if_match: str | None = None) -> int:
+    def delete(self, path: str, item_id: str, if_match: str | None = None, *, track: bool = True) -> int:
+        """Delete an item (its change version). ``track=False`` (the sandbox admin's untracked delete) removes
+        the row without a change version or a ``/deletes`` entry: a row that vanished as after a restore or a
+        purge, which only a reconciliation finds."""
         res = self.resource(path)
+        if not track:
+            with self._lock:
+                agg, _, _ = self._item(path, item_id, if_match, "delete")
+                with self._transaction():
+                    self._writer.execute(f'DELETE FROM "{self._tables[path]}" WHERE aggregate_id = ?', (agg,))
+                    self._writer.execute("DELETE FROM refs WHERE source = ? AND source_agg = ?",
+                                         (self._num[path], agg))
+            return self._change_version
         with self._late_commit(), self._lock:
             agg, hashed, doc = self._item(path, item_id, if_match, "delete")
             deps = self._dependents_of(self._writer, hashed)
@@ -998,7 +1009,20 @@ class Store:
         ).fetchone()[0]
 
     def oldest_change_version(self) -> int:
-        return 0
+        """The lowest change version whose tracked changes (/deletes, /keyChanges) are still kept: 0 until the
+        sandbox admin purges them (:meth:`purge_changes`)."""
+        row = self._writer.execute("SELECT v FROM meta WHERE k = 'oldest_change_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def purge_changes(self, below: int) -> int:
+        """Forget the tracked deletes and key changes with a change version below ``below`` (what a host's
+        change-tracking retention does); ``oldestChangeVersion`` is then ``below``. The number purged."""
+        with self._lock, self._transaction():
+            n = self._writer.execute("DELETE FROM tracked_changes WHERE change_version < ?", (below,)).rowcount
+            oldest = max(below, self.oldest_change_version())
+            self._writer.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('oldest_change_version', ?)",
+                                 (str(oldest),))
+        return int(n)
 
     # -- snapshots -------------------------------------------------------------------------------
     def take_snapshot(self) -> Snapshot:

@@ -222,6 +222,8 @@ class SyncEngine:
         self._metered: dict[str, EdFiStream] = {}
         self._state_dirty = False
         self._last_state_write = 0.0
+        #: streams reconciled this run whatever reconcile_interval says: name -> why (resync, purged changes)
+        self.forced: dict[str, str] = self.forced_reconciliations()
 
     # -- state --------------------------------------------------------------------------------------
     @property
@@ -236,6 +238,11 @@ class SyncEngine:
         entry = self.state.setdefault("bookmarks", {}).setdefault(stream, {})
         if entry.get(key) != value:
             entry[key] = value
+            self._state_dirty = True
+
+    def clear_bookmark(self, stream: str, key: str) -> None:
+        entry = (self.state.get("bookmarks") or {}).get(stream)
+        if entry and entry.pop(key, None) is not None:
             self._state_dirty = True
 
     def write_state(self, force: bool = False) -> None:
@@ -271,7 +278,7 @@ class SyncEngine:
             lo = min(mark + 1, recheck)
         else:
             lo = max(start, mark + 1 - self.lookback)
-        if lo < self.run.oldest and key != "change_version":
+        if lo < self.run.oldest and key != "change_version" and stream.name not in self.forced:
             logger.warning("%s: the API keeps changes from %s only; deletes before that are lost", stream.name,
                            self.run.oldest)
         return lo
@@ -306,8 +313,8 @@ class SyncEngine:
             lo = self.start_for(stream, "change_version")
             if version is not None:
                 lo = int(self.settings.get("start_change_version") or 0)
-                logger.info("%s: reconciling (reconcile_interval): every live item is read again, then "
-                            "ACTIVATE_VERSION %s", stream.name, version)
+                logger.info("%s: reconciling (%s): every live item is read again, then ACTIVATE_VERSION %s",
+                            stream.name, self.forced.get(stream.name, "reconcile_interval"), version)
             out = [Source(stream, self.endpoint(stream, ITEMS), ITEMS, "change_version", lo, hi,
                           mark=self.bookmark(stream.name, "change_version"), version=version)]
             if stream.inline_deletes and self.run.change_queries:
@@ -326,12 +333,54 @@ class SyncEngine:
         return [Source(stream, self.endpoint(stream, stream.kind), stream.kind, "change_version",
                        self.start_for(stream, "change_version"), hi, mark=self.bookmark(stream.name, "change_version"))]
 
+    def forced_reconciliations(self) -> dict[str, str]:
+        """The item streams this run reconciles whatever ``reconcile_interval`` says, and why.
+
+        * ``resync`` names them (patterns as ``resources``);
+        * their tracked changes were purged: the API's ``oldestChangeVersion`` is above the stream's bookmark + 1,
+          so the deletes between them can no longer be read (one WARNING names every such stream);
+        * a forced reconciliation of an earlier run did not end with ACTIVATE_VERSION (``resync_pending`` in the
+          stream's bookmarks)."""
+        if not self.run.change_queries:
+            return {}
+        from tap_edfi.tap import _matches
+
+        patterns = list(self.settings.get("resync") or [])
+        oldest = self.run.oldest
+        out: dict[str, str] = {}
+        purged: list[str] = []
+        for stream in self.streams:
+            if stream.kind != ITEMS or stream.replication_method == "FULL_TABLE":
+                continue
+            name = stream.name
+            marks = [m for m in (self.bookmark(name, "change_version"), self.bookmark(name, "deletes_change_version")
+                                 if stream.inline_deletes else None) if m is not None]
+            if patterns and _matches(stream.resource, name, patterns):
+                out[name] = "resync setting"
+            elif marks and oldest > min(marks) + 1:
+                out[name] = f"tracked changes purged (bookmark {min(marks)}, oldestChangeVersion {oldest})"
+                purged.append(f"{name} (bookmark {min(marks)})")
+            elif self.bookmark(name, "resync_pending") is not None:
+                out[name] = "a forced reconciliation of an earlier run did not complete"
+        if purged:
+            logger.warning("tracked changes purged: the API's oldestChangeVersion is %s, above the bookmark + 1 of "
+                           "%s: deletes between the bookmark and %s can no longer be read, so these streams are "
+                           "reconciled this run (every live item read, then ACTIVATE_VERSION) instead of read "
+                           "incrementally", oldest, ", ".join(purged), oldest)
+        if patterns:
+            logger.info("resync setting %s: reconciling %s", patterns,
+                        ", ".join(n for n, why in out.items() if why == "resync setting") or "no selected stream")
+        return out
+
     def reconcile_version(self, stream: EdFiStream) -> int | None:
         """The table version of a reconciliation of this stream when one is due, else None.
 
         Due when the stream has been read incrementally before (a bookmark) and its last reconciliation (or its
         first complete read) is ``reconcile_interval`` seconds old; a stream without ``reconciled_at`` starts
         counting now."""
+        if stream.name in self.forced:
+            self.set_bookmark(stream.name, "resync_pending", 1)  # until its ACTIVATE_VERSION is written
+            return int(time.time() * 1000)
         interval = int(self.settings.get("reconcile_interval") or 0)
         if not interval or not self.run.change_queries or stream.replication_method == "FULL_TABLE":
             return None
@@ -584,6 +633,8 @@ class SyncEngine:
                                                "version": src.version})
                 if activate or (src.version is None and self.bookmark(src.stream.name, "reconciled_at") is None):
                     self.set_bookmark(src.stream.name, "reconciled_at", int(time.time()))
+                if activate:
+                    self.clear_bookmark(src.stream.name, "resync_pending")
             if marker.last:
                 self.progress.finish(src.stream.name)
                 self._stream_metrics(src.stream.name)

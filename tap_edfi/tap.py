@@ -85,6 +85,14 @@ CONFIG_SCHEMA = th.PropertiesList(
                             "key before the tap read the delete is never reported deleted (the ODS/API's /deletes "
                             "leaves out keys that exist again: docs/change-queries.md), so without this a "
                             "warehouse keyed by `id` keeps its old row live. 0: never."),
+    th.Property("resync", th.ArrayType(th.StringType),
+                description="Reconcile these streams this run, whatever `reconcile_interval` says (names or globs "
+                            "as in `resources`): every live item is read as a table version and ended with "
+                            "`ACTIVATE_VERSION`, the bookmark stays correct and the next run continues "
+                            "incrementally from this run's bound. Set it for one run "
+                            "(`TAP_EDFI_RESYNC='[\"students\"]' meltano run ...`): left in the config, every run "
+                            "reconciles those streams. A stream whose tracked changes were purged (the API's `oldestChangeVersion` above its bookmark + "
+                            "1) is reconciled without it, with a warning."),
     th.Property("start_change_version", th.IntegerType(minimum=0), default=0,
                 description="Where streams without a bookmark start (0: everything)."),
     th.Property("include_descriptors", th.BooleanType, default=True,
