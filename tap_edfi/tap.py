@@ -91,8 +91,9 @@ CONFIG_SCHEMA = th.PropertiesList(
                             "`ACTIVATE_VERSION`, the bookmark stays correct and the next run continues "
                             "incrementally from this run's bound. Set it for one run "
                             "(`TAP_EDFI_RESYNC='[\"students\"]' meltano run ...`): left in the config, every run "
-                            "reconciles those streams. A stream whose tracked changes were purged (the API's `oldestChangeVersion` above its bookmark + "
-                            "1) is reconciled without it, with a warning."),
+                            "reconciles those streams. A stream whose tracked changes were purged (the API's "
+                            "`oldestChangeVersion` above its bookmark + 1) is reconciled without it, with a "
+                            "warning."),
     th.Property("start_change_version", th.IntegerType(minimum=0), default=0,
                 description="Where streams without a bookmark start (0: everything)."),
     th.Property("include_descriptors", th.BooleanType, default=True,
