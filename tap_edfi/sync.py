@@ -339,6 +339,7 @@ class SyncEngine:
         * ``resync`` names them (patterns as ``resources``);
         * their tracked changes were purged: the API's ``oldestChangeVersion`` is above the stream's bookmark + 1,
           so the deletes between them can no longer be read (one WARNING names every such stream);
+        * the bookmark is above ``newestChangeVersion`` (the database was restored: start_for warns);
         * a forced reconciliation of an earlier run did not end with ACTIVATE_VERSION (``resync_pending`` in the
           stream's bookmarks)."""
         if not self.run.change_queries:
@@ -357,6 +358,10 @@ class SyncEngine:
                                  if stream.inline_deletes else None) if m is not None]
             if patterns and _matches(stream.resource, name, patterns):
                 out[name] = "resync setting"
+            elif marks and self.run.newest is not None and max(marks) > self.run.newest:
+                # start_for warns (database restored?) and reads from start_change_version: as a reconciliation,
+                # so that rows the restored database no longer has are dropped too
+                out[name] = f"bookmark {max(marks)} above newestChangeVersion {self.run.newest}"
             elif marks and oldest > min(marks) + 1:
                 out[name] = f"tracked changes purged (bookmark {min(marks)}, oldestChangeVersion {oldest})"
                 purged.append(f"{name} (bookmark {min(marks)})")

@@ -171,3 +171,21 @@ def test_meltano_resync_marks_vanished_rows_deleted_in_postgres(installed: None)
         finally:
             with psycopg.connect(PG, autocommit=True) as conn:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_a_bookmark_above_the_newest_change_version_reconciles_the_stream(make_sandbox) -> None:
+    """A restored database: the bookmark is above newestChangeVersion. The stream is read from the start as a
+    reconciliation, so rows the restored database does not have are dropped by the target too."""
+    sb = make_sandbox("7.3", seed=5)
+    config = tap_config(sb, resources=["students"], include_descriptors=False, change_version_lookback=0)
+    first = run_tap(config)
+    state = first.last_state
+    state["bookmarks"]["students"]["change_version"] += 1000
+    gone = next(iter(sb.store.iter_docs(STUDENTS)))["id"]
+    _vanish(sb, STUDENTS, gone)
+    second = run_tap(config, state=state)
+    [activate] = _typed(second.messages, "ACTIVATE_VERSION", "students")
+    versioned = {m["record"]["id"] for m in _typed(second.messages, "RECORD", "students")
+                 if m.get("version") == activate["version"]}
+    assert versioned == _live(sb, STUDENTS) and gone not in versioned
+    assert second.last_state["bookmarks"]["students"]["change_version"] == second.tap.run_context.newest
