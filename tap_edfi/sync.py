@@ -373,8 +373,12 @@ class SyncEngine:
                            "reconciled this run (every live item read, then ACTIVATE_VERSION) instead of read "
                            "incrementally", oldest, ", ".join(purged), oldest)
         if patterns:
-            logger.info("resync setting %s: reconciling %s", patterns,
-                        ", ".join(n for n, why in out.items() if why == "resync setting") or "no selected stream")
+            named = [n for n, why in out.items() if why == "resync setting"]
+            if named:
+                logger.info("resync setting %s: reconciling %s", patterns, ", ".join(named))
+            else:
+                logger.warning("resync setting %s matches no selected item stream: nothing is resynchronized this "
+                               "run (names or globs as in the resources setting)", patterns)
         return out
 
     def reconcile_version(self, stream: EdFiStream) -> int | None:
