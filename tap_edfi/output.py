@@ -59,6 +59,12 @@ class SingerOutput:
             self.records += len(lines)
         return len(lines)
 
+    def write_lines(self, data: bytes, count: int) -> None:
+        """``count`` RECORD lines made elsewhere (``record_format: edu``)."""
+        if count:
+            self._add(data)
+            self.records += count
+
     def write_record(self, stream: str, record: Mapping[str, Any], time_extracted: str,
                      version: int | None = None) -> None:
         msg: dict[str, Any] = {"type": "RECORD", "stream": stream, "record": record, "time_extracted": time_extracted}

@@ -43,6 +43,7 @@ import orjson
 from singer_sdk import metrics
 
 from edfi_core.session import EdFiClient, EdFiHTTPError
+from tap_edfi.edu import EDU_SCHEMA, table_name
 from tap_edfi.output import SingerOutput
 from tap_edfi.paging import Endpoint, PageReader, Planner, Window, fetch_chunk, full_url, record_ids
 from tap_edfi.progress import Progress
@@ -709,6 +710,9 @@ class SyncEngine:
         self.emit(source, fresh)
 
     def emit_schema(self, stream: EdFiStream) -> None:
+        if self.tap.edu is not None:  # record_format edu: the raw table's columns (tap_edfi/edu.py)
+            self.output.write_schema(table_name(stream.resource, stream.kind), EDU_SCHEMA, [])
+            return
         for msg in stream._generate_schema_messages():
             self.output.write_schema(msg.stream, msg.schema, msg.key_properties or [], msg.bookmark_properties)
 
@@ -717,6 +721,13 @@ class SyncEngine:
         if not records:
             return
         ts = utc_now_iso()
+        if self.tap.edu is not None:  # record_format edu: raw rows around the response bytes (tap_edfi/edu.py)
+            data, n = self.tap.edu.lines(stream.resource, source.kind, records, ts, source.version)
+            self.output.write_lines(data, n)
+            self._count(stream, n)
+            self.progress.add(stream.name, 0 if source.kind == DELETES else n, n if source.kind == DELETES else 0)
+            self.progress.maybe_log(self.client.stats.as_dict(), stream.name)
+            return
         fast = self.tap.fast_path(stream)
         if source.kind != ITEMS:
             entries = [normalize_change(orjson.loads(bytes(r))) for r in records]

@@ -35,6 +35,7 @@ from edfi_core.settings import (
     validate_config,
     with_defaults,
 )
+from tap_edfi.edu import EDU, EDU_SCHEMA, EduFormat
 from tap_edfi.streams import (
     DELETES,
     ITEMS,
@@ -125,6 +126,16 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property("fail_on_forbidden", th.BooleanType, default=False,
                 description="Fail the run on a resource the client may not read (HTTP 403) instead of skipping it "
                             "with a warning."),
+    th.Property("record_format", th.StringType, default="native", allowed_values=["native", "edu"],
+                description="`native`: one stream per resource with the document's fields as columns. `edu`: the "
+                            "raw tables edu_edfi_airflow loads and edu_edfi_source reads (stream = resource in snake "
+                            "case, `_deletes`, `_key_changes`; the document as one JSON column `v` with "
+                            "`tenant_code`, `api_year`, `pull_timestamp`, `name`...; docs/edu-format.md). Deletes "
+                            "go to `_deletes` unless `deletes` is `off`; `reconcile_interval` does not apply."),
+    th.Property("tenant_code", th.StringType,
+                description="`record_format: edu`: the `tenant_code` column of every row (required then)."),
+    th.Property("api_year", th.IntegerType(minimum=1900, maximum=2999),
+                description="`record_format: edu`: the `api_year` column (school year, e.g. 2025; required then)."),
     th.Property("progress_interval", th.NumberType, default=10,
                 description="Seconds between progress log lines."),
     VERIFY_SSL,
@@ -174,7 +185,28 @@ class TapEdFi(Tap):
 
     @cached_property
     def settings(self) -> dict[str, Any]:
-        return with_defaults(self.config, DEFAULTS)
+        settings = with_defaults(self.config, DEFAULTS)
+        if settings.get("record_format") == EDU:  # raw tables keep every pull: no table versions
+            settings["reconcile_interval"] = 0
+        return settings
+
+    @cached_property
+    def edu(self) -> EduFormat | None:
+        """``record_format: edu``: what every row carries besides the document; None for ``native``."""
+        s = self.settings
+        if s.get("record_format") != EDU:
+            return None
+        for key in ("tenant_code", "api_year"):
+            if s.get(key) in (None, ""):
+                raise SettingsError(f"record_format is 'edu' but the {key} setting is not set: set {key} "
+                                    "(TAP_EDFI_" + key.upper() + ") to the value of the raw tables' "
+                                    f"{key} column, or set record_format to 'native'")
+        if self.config.get("stream_maps") or self.config.get("flattening_enabled"):
+            raise SettingsError("record_format 'edu' writes the raw tables' columns: stream_maps and "
+                                "flattening_enabled do not apply; remove them or set record_format to 'native'")
+        info = self.client.info
+        return EduFormat(str(s["tenant_code"]), int(s["api_year"]), self.run_context.started_at,
+                         info.version_text or None, info.data_standard or None)
 
     @cached_property
     def client(self) -> EdFiClient:
@@ -239,15 +271,24 @@ class TapEdFi(Tap):
     def discover_streams(self) -> list[EdFiStream]:
         s = self.settings
         deletes = s["deletes"]
+        edu = s.get("record_format") == EDU
         streams: list[EdFiStream] = []
         names: dict[str, str] = {}
         for res in self.selected_resources():
-            candidates = [EdFiStream(self, res, ITEMS, item_schema(res, deletes == "inline"),
-                                     inline_deletes=deletes == "inline" and res.has_deletes)]
-            if deletes == "streams" and res.has_deletes:
+            if edu:  # deletes as the `_deletes` table's rows, never inline
+                candidates = [EdFiStream(self, res, ITEMS, EDU_SCHEMA)]
+                if deletes != "off" and res.has_deletes:
+                    candidates.append(EdFiStream(self, res, DELETES, EDU_SCHEMA))
+            else:
+                candidates = [EdFiStream(self, res, ITEMS, item_schema(res, deletes == "inline"),
+                                         inline_deletes=deletes == "inline" and res.has_deletes)]
+            if deletes == "streams" and res.has_deletes and not edu:
                 candidates.append(EdFiStream(self, res, DELETES, deletes_schema(res)))
             if s["key_changes"] and res.has_key_changes and not res.is_descriptor:
-                candidates.append(EdFiStream(self, res, KEY_CHANGES, key_changes_schema(res)))
+                candidates.append(EdFiStream(self, res, KEY_CHANGES, EDU_SCHEMA if edu else key_changes_schema(res)))
+            if edu:
+                for stream in candidates:  # raw tables: append-only, no key
+                    stream.primary_keys = []
             for stream in candidates:
                 if stream.name in names:
                     logger.warning("stream name %s of %s is taken by %s; skipping it", stream.name, res.path,
@@ -278,6 +319,7 @@ class TapEdFi(Tap):
         if not selected:
             logger.warning("no stream is selected")
         try:
+            self.edu  # noqa: B018  # record_format edu: missing settings fail before anything is read
             engine = SyncEngine(self, selected, self.run_context)
             self.sync_summary = engine.run_all()
         finally:
