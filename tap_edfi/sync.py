@@ -380,6 +380,12 @@ class SyncEngine:
             else:
                 logger.warning("resync setting %s matches no selected item stream: nothing is resynchronized this "
                                "run (names or globs as in the resources setting)", patterns)
+        if out and self.tap.edu is not None:
+            # raw tables keep every pull and hold several tenants and years: no table versions to replace them by
+            logger.warning("record_format edu writes no table versions, so %s cannot be reconciled: replace their raw "
+                           "rows with a full refresh (meltano run --full-refresh, or a run without state) of these "
+                           "streams", ", ".join(f"{n} ({why})" for n, why in out.items()))
+            return {}
         return out
 
     def reconcile_version(self, stream: EdFiStream) -> int | None:

@@ -88,6 +88,19 @@ def test_rows_carry_the_document_tenant_year_and_deletes(sandbox: Sandbox) -> No
     assert ids <= {r["v"]["id"] for r in out.stream_records("student_school_attendance_events")}
 
 
+def test_edu_never_writes_table_versions_even_when_a_resync_is_asked(sandbox: Sandbox,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Raw tables keep every pull of several tenants and years: an ACTIVATE_VERSION would mark the other pulls'
+    rows deleted, so `resync` (and purged tracked changes) say what to do instead."""
+    first = run_tap(edu_config(sandbox))
+    with caplog.at_level("WARNING"):
+        out = run_tap(edu_config(sandbox, resync=["students"]), state=first.last_state)
+    assert not [m for m in out.messages if m["type"] == "ACTIVATE_VERSION"]
+    assert all("version" not in m for m in out.records)
+    assert "record_format edu writes no table versions, so students (resync setting) cannot be reconciled" in \
+        caplog.text
+
+
 @pytest.mark.parametrize("missing", ["tenant_code", "api_year"])
 def test_edu_without_tenant_or_year_fails_naming_the_setting(sandbox: Sandbox, missing: str) -> None:
     config = edu_config(sandbox)
