@@ -55,7 +55,9 @@ def explain(exc: BaseException) -> str:
         where = f"{http.method} {http.url}"
         if text.startswith("stream "):
             where = f"{text.split(': ', 1)[0]}: {where}"
-        return f"{where} failed: {cause} (cannot reach the API at {host}: {hint})"
+        what = cause if cause == "no response" else f"no response: {cause}"
+        tries = f" (after {http.tries} tries)" if http.tries > 1 else ""
+        return f"{where} failed: {what}{tries} (cannot reach the API at {host}: {hint})"
     if isinstance(http, EdFiHTTPError) and http.status == 403:
         return (f"{text}. The API client may not read or write this resource: ask the API's host for a claim set "
                 "that includes it")
