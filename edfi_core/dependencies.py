@@ -88,7 +88,8 @@ def levels(graph: dict[str, set[str]]) -> dict[str, int]:
             return 0
         visiting.add(node)
         trail.append(node)
-        deps = [d for d in graph.get(node, ()) if d in graph]
+        # sorted: a cycle is broken at the same edge in every process, whatever the hash seed
+        deps = [d for d in sorted(graph.get(node, ())) if d in graph]
         value = 1 + max((visit(d, trail) for d in deps), default=0)
         trail.pop()
         visiting.discard(node)
