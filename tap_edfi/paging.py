@@ -432,7 +432,9 @@ class Planner:
             offsets = list(range(0, (count // size) * size + 1, size))
             per = self.pages_per_chunk
             chunks = [Chunk("offsets", count, offsets=tuple(offsets[i:i + per])) for i in range(0, len(offsets), per)]
-            return Window(lo, hi, count, chunks)
+            # the count is what an answer said: short pages can add up to exactly a count that was too low, so
+            # the end of a forward window is always probed (one request a window of up to 50 pages)
+            return Window(lo, hi, count, chunks, exact_end=False)
         if self.mode == "cursor" and ep.cursor:
             number = max(1, min(MAX_PARTITIONS, math.ceil(count / (size * self.pages_per_chunk))))
             tokens = self.reader.partitions(ep, lo, hi, number)
