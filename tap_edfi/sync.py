@@ -386,6 +386,14 @@ class SyncEngine:
                            "rows with a full refresh (meltano run --full-refresh, or a run without state) of these "
                            "streams", ", ".join(f"{n} ({why})" for n, why in out.items()))
             return {}
+        if out and self.tap.slice is not None:
+            # tables shared by tenants and years: target-postgres's ACTIVATE_VERSION applies to a whole table
+            logger.warning("tenant_code/api_year are set (tables shared by tenants and years), so no table versions "
+                           "are written and %s cannot be reconciled (ACTIVATE_VERSION would drop the other tenants' "
+                           "and years' rows too): delete this tap's rows of these tables (WHERE %s) and run it "
+                           "with --full-refresh", ", ".join(f"{n} ({why})" for n, why in out.items()),
+                           " AND ".join(f"{k} = {v!r}" for k, v in self.tap.slice.values.items()))
+            return {}
         return out
 
     def reconcile_version(self, stream: EdFiStream) -> int | None:
@@ -735,8 +743,11 @@ class SyncEngine:
             self.progress.maybe_log(self.client.stats.as_dict(), stream.name)
             return
         fast = self.tap.fast_path(stream)
+        sliced = self.tap.slice  # tenant_code/api_year columns (tap_edfi/slices.py)
         if source.kind != ITEMS:
             entries = [normalize_change(orjson.loads(bytes(r))) for r in records]
+            if sliced is not None:
+                entries = [sliced.add(e) for e in entries]
             if not source.tombstones:
                 if fast:
                     for rec in entries:
@@ -749,6 +760,8 @@ class SyncEngine:
                 self.progress.maybe_log(self.client.stats.as_dict(), stream.name)
                 return
             tombs = [tombstone(stream, item, self.run.started_at) for item in entries]
+            if sliced is not None:
+                tombs = [sliced.add(t) for t in tombs]
             if fast:
                 for rec in tombs:
                     self.output.write_record(stream.name, rec, ts)
@@ -758,9 +771,11 @@ class SyncEngine:
             self.progress.add(stream.name, 0, len(tombs))
         else:
             if fast:
-                self._count(stream, self.output.write_raw_records(stream.name, records, ts, version=source.version))
+                raw = records if sliced is None else [sliced(r) for r in records]
+                self._count(stream, self.output.write_raw_records(stream.name, raw, ts, version=source.version))
             else:
-                self._emit_sdk(stream, [orjson.loads(bytes(r)) for r in records], source.version)
+                docs = [orjson.loads(bytes(r)) for r in records]
+                self._emit_sdk(stream, docs if sliced is None else [sliced.add(d) for d in docs], source.version)
             self.progress.add(stream.name, len(records))
         self.progress.maybe_log(self.client.stats.as_dict(), stream.name)
 
@@ -836,7 +851,8 @@ def iter_stream_records(tap: TapEdFi, stream: EdFiStream) -> Iterator[dict[str, 
                 item = orjson.loads(bytes(raw))
                 if source.kind != ITEMS:
                     item = normalize_change(item)
-                yield tombstone(stream, item, tap.run_context.started_at) if source.tombstones else item
+                record = tombstone(stream, item, tap.run_context.started_at) if source.tombstones else item
+                yield tap.slice.add(record) if tap.slice is not None else record
 
 
 __all__ = ["RunContext", "SettingsError", "SyncEngine", "SyncError", "iter_stream_records", "resolve_run",

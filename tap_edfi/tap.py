@@ -36,6 +36,7 @@ from edfi_core.settings import (
     with_defaults,
 )
 from tap_edfi.edu import EDU, EDU_SCHEMA, EduFormat
+from tap_edfi.slices import RawSlice, slice_keys, slice_values, with_slice_columns
 from tap_edfi.streams import (
     DELETES,
     ITEMS,
@@ -133,9 +134,15 @@ CONFIG_SCHEMA = th.PropertiesList(
                             "`tenant_code`, `api_year`, `pull_timestamp`, `name`...; docs/edu-format.md). Deletes "
                             "go to `_deletes` unless `deletes` is `off`; `reconcile_interval` does not apply."),
     th.Property("tenant_code", th.StringType,
-                description="`record_format: edu`: the `tenant_code` column of every row (required then)."),
+                description="The `tenant_code` column of every record, for one table set holding many tenants "
+                            "(one tap per tenant and year). `native`: when set, every stream (resources, "
+                            "descriptors, deletes, key changes) has the column and its key properties start with "
+                            "it, and no table versions are written (no reconciliation: `ACTIVATE_VERSION` would "
+                            "apply to every tenant's rows of the table). `edu`: required."),
     th.Property("api_year", th.IntegerType(minimum=1900, maximum=2999),
-                description="`record_format: edu`: the `api_year` column (school year, e.g. 2025; required then)."),
+                description="The `api_year` column of every record (school year, e.g. 2025), as `tenant_code`: "
+                            "`native`: when set, in every stream and its key properties, and no table versions. "
+                            "`edu`: required."),
     th.Property("progress_interval", th.NumberType, default=10,
                 description="Seconds between progress log lines."),
     VERIFY_SSL,
@@ -188,7 +195,17 @@ class TapEdFi(Tap):
         settings = with_defaults(self.config, DEFAULTS)
         if settings.get("record_format") == EDU:  # raw tables keep every pull: no table versions
             settings["reconcile_interval"] = 0
+        elif slice_values(settings):  # shared tables: ACTIVATE_VERSION would drop the other slices' rows
+            settings["reconcile_interval"] = 0
         return settings
+
+    @cached_property
+    def slice(self) -> RawSlice | None:
+        """``tenant_code``/``api_year`` columns of ``record_format: native`` records; None when neither is set."""
+        values = slice_values(self.settings)
+        if not values or self.settings.get("record_format") == EDU:
+            return None
+        return RawSlice(values)
 
     @cached_property
     def edu(self) -> EduFormat | None:
@@ -272,6 +289,7 @@ class TapEdFi(Tap):
         s = self.settings
         deletes = s["deletes"]
         edu = s.get("record_format") == EDU
+        slices = self.slice.values if self.slice is not None else {}
         streams: list[EdFiStream] = []
         names: dict[str, str] = {}
         for res in self.selected_resources():
@@ -280,15 +298,20 @@ class TapEdFi(Tap):
                 if deletes != "off" and res.has_deletes:
                     candidates.append(EdFiStream(self, res, DELETES, EDU_SCHEMA))
             else:
-                candidates = [EdFiStream(self, res, ITEMS, item_schema(res, deletes == "inline"),
+                candidates = [EdFiStream(self, res, ITEMS,
+                                         with_slice_columns(item_schema(res, deletes == "inline"), slices),
                                          inline_deletes=deletes == "inline" and res.has_deletes)]
             if deletes == "streams" and res.has_deletes and not edu:
-                candidates.append(EdFiStream(self, res, DELETES, deletes_schema(res)))
+                candidates.append(EdFiStream(self, res, DELETES, with_slice_columns(deletes_schema(res), slices)))
             if s["key_changes"] and res.has_key_changes and not res.is_descriptor:
-                candidates.append(EdFiStream(self, res, KEY_CHANGES, EDU_SCHEMA if edu else key_changes_schema(res)))
+                candidates.append(EdFiStream(self, res, KEY_CHANGES, EDU_SCHEMA if edu
+                                             else with_slice_columns(key_changes_schema(res), slices)))
             if edu:
                 for stream in candidates:  # raw tables: append-only, no key
                     stream.primary_keys = []
+            elif slices:  # tenant_code/api_year: the columns, first in the schema and in the key
+                for stream in candidates:
+                    stream.primary_keys = slice_keys(slices, list(stream.primary_keys or []))
             for stream in candidates:
                 if stream.name in names:
                     logger.warning("stream name %s of %s is taken by %s; skipping it", stream.name, res.path,
