@@ -183,16 +183,6 @@ class EdFiStream(Stream):
     def is_sorted(self) -> bool:
         return False
 
-    def apply_catalog(self, catalog: Any) -> None:
-        """The catalog's selection and keys; with ``tenant_code``/``api_year`` set, the keys still start with them
-        (a catalog made without them would let one tenant's or year's rows overwrite another's)."""
-        super().apply_catalog(catalog)
-        values = self._tap.slice.values if self._tap.slice is not None else {}  # type: ignore[attr-defined]
-        if values and self.primary_keys:
-            from tap_edfi.slices import slice_keys
-
-            self.primary_keys = slice_keys(values, list(self.primary_keys))
-
     @property
     def metadata(self) -> MetadataMapping:
         if self._metadata is not None:

@@ -19,6 +19,8 @@ import click
 from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.helpers.capabilities import PluginCapabilities, TapCapabilities
+from singer_sdk.singerlib import Schema
+from singer_sdk.singerlib.catalog import StreamMetadata
 
 from edfi_core.auth import AuthError
 from edfi_core.discovery import load_model
@@ -193,9 +195,9 @@ class TapEdFi(Tap):
     @cached_property
     def settings(self) -> dict[str, Any]:
         settings = with_defaults(self.config, DEFAULTS)
-        if settings.get("record_format") == EDU:  # raw tables keep every pull: no table versions
-            settings["reconcile_interval"] = 0
-        elif slice_values(settings):  # shared tables: ACTIVATE_VERSION would drop the other slices' rows
+        # edu: raw tables keep every pull; tenant_code/api_year: tables shared by tenants and years, where an
+        # ACTIVATE_VERSION would drop the other slices' rows too. Neither writes table versions.
+        if settings.get("record_format") == EDU or slice_values(settings):
             settings["reconcile_interval"] = 0
         return settings
 
@@ -206,6 +208,21 @@ class TapEdFi(Tap):
         if not values or self.settings.get("record_format") == EDU:
             return None
         return RawSlice(values)
+
+    def setup_mapper(self) -> None:
+        """With ``tenant_code``/``api_year``, an input catalog made without them gets them, in each stream's schema
+        and key properties (else one tenant's or year's rows would overwrite another's)."""
+        catalog = self.input_catalog
+        if catalog is not None and self.slice is not None:
+            values = self.slice.values
+            for entry in catalog.streams:
+                entry.schema = Schema.from_dict(with_slice_columns(entry.schema.to_dict(), values))
+                root = entry.metadata.get(()) if entry.metadata is not None else None
+                if entry.key_properties:
+                    entry.key_properties = slice_keys(values, list(entry.key_properties))
+                if isinstance(root, StreamMetadata) and root.table_key_properties:
+                    root.table_key_properties = slice_keys(values, list(root.table_key_properties))
+        super().setup_mapper()
 
     @cached_property
     def edu(self) -> EduFormat | None:

@@ -76,12 +76,13 @@ def schema() -> Iterator[str]:
         conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
-def rows(schema: str, table: str, where: str = "true") -> dict[tuple[str, int, str], dict[str, Any]]:
+def rows(schema: str, table: str) -> dict[tuple[str, int, str], dict[str, Any]]:
     """A table's rows by (tenant_code, api_year, id)."""
     with psycopg.connect(DSN, autocommit=True) as conn:
-        cur = conn.execute(f'SELECT * FROM "{schema}"."{table}" WHERE {where}')
+        cur = conn.execute(f'SELECT * FROM "{schema}"."{table}"')
         names = [d.name for d in cur.description or []]
-        return {(r["tenant_code"], r["api_year"], r["id"]): r for r in (dict(zip(names, row)) for row in cur)}
+        found = [dict(zip(names, row, strict=True)) for row in cur]
+    return {(r["tenant_code"], r["api_year"], r["id"]): r for r in found}
 
 
 def _content(row: dict[str, Any]) -> dict[str, Any]:
