@@ -239,7 +239,8 @@ class _World:
         out["addresses"] = self._addresses(doc)
         out["educationOrganizationCategories"] = [
             {"category": c["educationOrganizationCategoryDescriptor"]}
-            for c in doc.get("educationOrganizationCategories") or [] if c.get("educationOrganizationCategoryDescriptor")]
+            for c in doc.get("educationOrganizationCategories") or []
+            if c.get("educationOrganizationCategoryDescriptor")]
         out["identificationCodes"] = self._codes(doc, comp.parts[3])
         out["institutionTelephones"] = self._codes(doc, comp.parts[4])
         out["schoolCategories"] = [{"category": c["schoolCategoryDescriptor"]}
