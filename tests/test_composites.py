@@ -29,6 +29,7 @@ from edfi_core.composites import COMPOSITES, MAX_LIMIT, Composite, document_sche
 from edfi_sandbox.server import Sandbox
 from tap_edfi.composites import CompositeSettingError, parse_composites
 from tap_edfi.sync import SyncError
+from tap_edfi.tap import TapEdFi
 from tests.page_proxies import OddPageProxy
 from tests.tap_support import run_tap, run_tap_process, tap_config
 
@@ -122,8 +123,8 @@ def test_sandbox_documents_are_the_definitions_shapes_and_the_stored_data(site: 
         ssa[a["studentReference"]["studentUniqueId"]].append(a)
     for doc in by_name["students"]:
         got = sorted((e["schoolId"], e["enrollmentBeginDate"], e["id"]) for e in doc["studentSchoolEnrollments"])
-        want = sorted((a["schoolReference"]["schoolId"], a["entryDate"], schools[a["schoolReference"]["schoolId"]]["id"])
-                      for a in ssa[doc["studentUniqueId"]])
+        refs = [(a["schoolReference"]["schoolId"], a["entryDate"]) for a in ssa[doc["studentUniqueId"]]]
+        want = sorted((school_id, entry, schools[school_id]["id"]) for school_id, entry in refs)
         assert got == want
         assert all(d["educationOrganizationType"].startswith("edfi.") for d in doc["studentDemographics"])
     students = {s["studentUniqueId"]: s["id"] for s in site.docs("/ed-fi/students")}
@@ -153,7 +154,8 @@ def test_sandbox_routes_paging_and_errors(site: Site) -> None:
         resp = http.get(f"{base}/students", params={param: "true" if param == "totalCount" else "1"}, timeout=30)
         assert resp.status_code == 400 and f"The property '{param}' does not exist or is not available." in resp.text
         if v >= "7.3":
-            assert resp.json()["detail"] == f"Filter value was supplied for an unrecognized data element named '{param}'."
+            detail = f"Filter value was supplied for an unrecognized data element named '{param}'."
+            assert resp.json()["detail"] == detail
     assert "Total-Count" not in http.get(f"{base}/students", timeout=30).headers
     # a property of the base resource filters; fields keeps what is named
     first = everyone[0]
@@ -300,7 +302,7 @@ def test_paging_is_complete_through_spoiled_pages_and_server_faults() -> None:
 def test_an_api_without_composites_fails_naming_the_setting(tmp_path: Path) -> None:
     with Sandbox("7.3", seed=5, composites=False) as sb:
         config = tap_config(sb, resources=["schoolYearTypes"], composites=["sections/students"])
-        with pytest.raises(SyncError, match="composites setting entry 'sections/{id}/students'.*HTTP 404"):
+        with pytest.raises(SyncError, match=r"composites setting entry 'sections/\{id\}/students'.*HTTP 404"):
             run_tap(config)
         proc = run_tap_process({**config, "composites": ["students"]}, tmp_path)
     err = proc.stderr.decode()
@@ -321,3 +323,15 @@ def test_composite_records_are_the_api_bytes_with_the_parent_id() -> None:
     records = out.stream_records("composite_enrollment_students_of_schools")
     assert records == [{"_parent_id": school["id"], **doc} for doc in served]
     assert orjson.loads(orjson.dumps(records)) == records
+
+
+def test_the_sdk_path_reads_a_composite_stream_too() -> None:
+    """``get_records`` (``--test``, the SDK's own per-stream loop) reads with the same reader."""
+    with Sandbox("7.1", seed=8) as sb:
+        tap = TapEdFi(config=tap_config(sb, resources=["schoolYearTypes"], composites=["sections/students"]))
+        stream = tap.streams["composite_enrollment_students_of_sections"]
+        assert stream.replication_method == "FULL_TABLE" and stream.primary_keys == ["_parent_id", "id"]
+        records = list(stream.get_records(None))
+        associations = len(list(sb.store.iter_docs("/ed-fi/studentSectionAssociations")))
+    assert len(records) == associations > 0
+    assert all(r["_parent_id"] and r["id"] for r in records)
