@@ -28,7 +28,7 @@ from edfi_api_client import EdFiClient
 from edfi_core.composites import COMPOSITES, MAX_LIMIT, Composite, document_schema
 from edfi_sandbox.server import Sandbox
 from tap_edfi.composites import CompositeSettingError, parse_composites
-from tap_edfi.sync import SyncError
+from tap_edfi.sync import SettingsError, SyncError
 from tap_edfi.tap import TapEdFi
 from tests.page_proxies import OddPageProxy
 from tests.tap_support import run_tap, run_tap_process, tap_config
@@ -305,6 +305,9 @@ def test_an_api_without_composites_fails_naming_the_setting(tmp_path: Path) -> N
         with pytest.raises(SyncError, match=r"composites setting entry 'sections/\{id\}/students'.*HTTP 404"):
             run_tap(config)
         proc = run_tap_process({**config, "composites": ["students"]}, tmp_path)
+        edu = {**config, "record_format": "edu", "tenant_code": "a", "api_year": 2025}
+        with pytest.raises(SettingsError, match="composites setting is not available with record_format 'edu'"):
+            run_tap(edu)
     err = proc.stderr.decode()
     assert proc.returncode != 0
     assert "Remove 'students' from the composites setting (TAP_EDFI_COMPOSITES)" in err
