@@ -261,6 +261,12 @@ class SandboxApp:
 
             url = f"{base}{self.layout.root}/changeQueries/v1{self.layout.segment}"
             return self._json(change_queries_document(self.config.api_version, url))
+        if area == "metadata_composites":
+            if not self.config.composites:
+                return Reply(404, b"", content_type=None)
+            from edfi_sandbox.composites import openapi_document
+
+            return self._json(openapi_document(self.config.api_version, self.layout.composites_url(base)))
         if area == "dependencies":
             return self._dependencies(req)
         if area == "admin":
@@ -273,6 +279,8 @@ class SandboxApp:
         self._authorize(req)
         if area == "changes":
             return await run_in_threadpool(self._changes, route.rest, req)
+        if area == "composites":
+            return await run_in_threadpool(self._composites, route.rest, req)
         if area == "data":
             if req.method in WRITE_METHODS and not self.faults.config.commit_delay_ms:
                 # writes are serialized on the store's one writer anyway and take well under a millisecond:
@@ -353,9 +361,33 @@ class SandboxApp:
         errors = ["Authorization header is missing."] if not header else ["Invalid Authorization header."]
         raise HttpError(401, "security:authentication", "The caller could not be authenticated.", extra=errors)
 
+    # -- composites (edfi_sandbox/composites.py) ---------------------------------------------------
+    def _composites(self, rest: str, req: Request) -> Reply:
+        from edfi_sandbox.composites import CompositeError, CompositeServer
+
+        if not self.config.composites:  # the Composites feature is off: NotFound() (CompositeResourceController)
+            return Reply(404, b"", content_type=None)
+        if req.method != "GET":
+            raise HttpError(405, "method-not-allowed", "The request method is not allowed.")
+        server = self.__dict__.get("_composite_server")
+        if server is None:
+            server = self.__dict__.setdefault("_composite_server", CompositeServer(self.store, self.config.api_version))
+        try:
+            return Reply(200, server.get(rest, req.query))
+        except CompositeError as exc:
+            if not exc.kind:
+                return Reply(exc.status, b"", content_type=None)
+            raise HttpError(exc.status, exc.kind, exc.message, extra=exc.extra) from exc
+
     # -- metadata ----------------------------------------------------------------------------------
     def _metadata_list(self, base: str) -> Reply:
+        composites = []
+        if self.config.composites:  # OpenApiMetadataController: sections ordered by name, Composites first
+            r = base.rstrip("/") + self.layout.root
+            composites.append({"name": "Enrollment", "prefix": "Composites", "endpointUri":
+                               f"{r}/metadata/composites/v1{self.layout.segment}/ed-fi/enrollment/swagger.json"})
         return self._json([
+            *composites,
             {"name": "Descriptors", "endpointUri": self.layout.metadata_doc_url(base, "descriptors"),
              "prefix": ""},
             {"name": "Resources", "endpointUri": self.layout.metadata_doc_url(base, "resources"), "prefix": ""},

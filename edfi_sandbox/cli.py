@@ -42,6 +42,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="serve the resources of this OpenAPI document (Swagger 2 or OpenAPI 3; repeatable)")
     p.add_argument("--forbid", action="append", default=[], metavar="PATH",
                    help="answer 403 for this resource, e.g. /ed-fi/staffs (repeatable)")
+    p.add_argument("--no-composites", action="store_true",
+                   help="turn the Composites feature off (/composites/... is 404; docs/composites.md)")
     p.add_argument("--profiles", metavar="FILE",
                    help='API profiles, JSON: {"Name": {"/ed-fi/students": ["firstName", ...]}}; read them with'
                         " Accept: application/vnd.ed-fi.student.name.readable+json")
@@ -143,7 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
             tenant=args.tenant, context=args.context, forbidden=frozenset(args.forbid),
             profiles=json.loads(Path(args.profiles).read_text()) if args.profiles else {},
             admin_token=args.admin_token, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-            max_body_bytes=args.max_body_bytes, clients=tuple(args.client),
+            max_body_bytes=args.max_body_bytes, clients=tuple(args.client), composites=not args.no_composites,
         )
     except (ValueError, OSError) as exc:
         sock.close()

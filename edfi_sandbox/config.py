@@ -37,6 +37,9 @@ class SandboxConfig:
     forbidden: frozenset[str] = frozenset()
     # API profiles: name -> resource path -> the properties its readable content type includes
     profiles: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # the enrollment composites (/composites/v1/ed-fi/enrollment/...; docs/composites.md); False: a server with the
+    # Composites feature turned off (404, not in the root payload nor the /metadata listing)
+    composites: bool = True
     # the token the /_sandbox/* admin endpoints require (header X-Sandbox-Admin-Token); None: a random one
     admin_token: str | None = None
     # server limits (Kestrel's defaults, which the ODS/API does not change, where there is one)

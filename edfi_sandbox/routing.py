@@ -45,6 +45,9 @@ class Layout:
             (re.compile(rf"^/metadata/data/v3{seg}/dependencies/?$"), "dependencies"),
             (re.compile(rf"^/metadata/data/v3{seg}/(resources|descriptors)/swagger\.json$"), "metadata_doc"),
             (re.compile(rf"^/metadata/changeQueries/v1{seg}/swagger\.json$"), "metadata_changes"),
+            # edfi_sandbox/composites.py: /composites/v1[/{instance}][/{year}]/ed-fi/enrollment/...
+            (re.compile(rf"^/metadata/composites/v1{seg}/ed-fi/enrollment/swagger\.json$"), "metadata_composites"),
+            (re.compile(rf"^/composites/v1{seg}(/.+)$"), "composites"),
             (re.compile(rf"^/data/v3{seg}(/.+)$"), "data"),
             (re.compile(rf"^/changeQueries/v1{seg}/(availableChangeVersions|snapshots)/?$"), "changes"),
             (re.compile(r"^/?$"), "root"),
@@ -83,7 +86,8 @@ class Layout:
         }
         if v >= "6":
             urls["changeQueries"] = f"{r}/changeQueries/v1{s}" if v < "7" else f"{r}/changeQueries/v1/"
-            urls["composites"] = f"{r}/composites/v1{s}" if v < "7" else f"{r}/composites/v1/"
+            if self.config.composites:
+                urls["composites"] = f"{r}/composites/v1{s}" if v < "7" else f"{r}/composites/v1/"
         if v >= "7.3":
             urls["oauthTokenIntrospection"] = f"{r}/oauth/token_info"
         return urls
@@ -93,6 +97,9 @@ class Layout:
 
     def oauth_url(self, base: str) -> str:
         return self.urls(base)["oauth"]
+
+    def composites_url(self, base: str) -> str:
+        return f"{base.rstrip('/')}{self.root}/composites/v1{self.segment}"
 
     def metadata_doc_url(self, base: str, name: str) -> str:
         return f"{base.rstrip('/')}{self.root}/metadata/data/v3{self.segment}/{name}/swagger.json"

@@ -38,6 +38,8 @@ from edfi_core.settings import (
     with_defaults,
 )
 from tap_edfi.edu import EDU, EDU_SCHEMA, EduFormat
+from tap_edfi.output import SingerOutput
+from tap_edfi.progress import Progress
 from tap_edfi.slices import RawSlice, slice_keys, slice_values, with_slice_columns
 from tap_edfi.streams import (
     DELETES,
@@ -109,6 +111,14 @@ CONFIG_SCHEMA = th.PropertiesList(
                             "stream name (`tpdm_*`). Default: all."),
     th.Property("exclude_resources", th.ArrayType(th.StringType),
                 description="Leave out these resources (same patterns as `resources`)."),
+    th.Property("composites", th.ArrayType(th.StringType),
+                description="Also read these enrollment composites (ODS/API 5.x-7.x, `/composites/v1/ed-fi/"
+                            "enrollment/...`; docs/composites.md), each as a read-only full-table stream: "
+                            "`students`, `sections`, `staffs`, `schools`, `localEducationAgencies` (or `*` for all "
+                            "five) as `composite_enrollment_<name>` keyed by `id`; `sections/students` (a filtered "
+                            "form, for every section) as `composite_enrollment_students_of_sections` keyed by "
+                            "`_parent_id` and `id`; `sections/<id>/students` for one section. An API without "
+                            "composites (404) fails the run naming this setting. Default: none."),
     th.Property("deletes", th.StringType, default="inline", allowed_values=["inline", "streams", "off"],
                 description="Deleted items: `inline` emits a record with `id`, `_sdc_deleted_at` and the key values "
                             "into the resource's stream; `streams` emits `<stream>_deletes` streams; `off` "
@@ -336,6 +346,13 @@ class TapEdFi(Tap):
                     continue
                 names[stream.name] = res.path
                 streams.append(stream)
+        if s.get("composites"):  # tap_edfi/composites.py
+            from tap_edfi.composites import discover
+
+            if edu:
+                raise SettingsError("the composites setting is not available with record_format 'edu' (the raw "
+                                    "tables are resources): remove composites or set record_format to 'native'")
+            streams.extend(discover(self, names))  # type: ignore[arg-type]
         return streams
 
     # -- syncing -----------------------------------------------------------------------------------------
@@ -355,12 +372,22 @@ class TapEdFi(Tap):
 
     def sync_all(self) -> None:  # type: ignore[misc]  # the SDK's loop is serial: this one is concurrent
         """Sync every selected stream: concurrently, in a fixed order, with STATE after each window."""
+        from tap_edfi.composites import CompositeReader, CompositeStream
+
         selected = [s for s in self.streams.values() if isinstance(s, EdFiStream) and s.selected]
-        if not selected:
+        composites = [s for s in self.streams.values() if isinstance(s, CompositeStream) and s.selected]
+        if not selected and not composites:
             logger.warning("no stream is selected")
         try:
             self.edu  # noqa: B018  # record_format edu: missing settings fail before anything is read
-            engine = SyncEngine(self, selected, self.run_context)
+            output, progress = SingerOutput(), Progress(interval=float(self.settings.get("progress_interval", 10)))
+            if composites:  # full-table streams first; the engine's summary counts them too
+                reader = CompositeReader(self, output, progress)
+                try:
+                    reader.sync(composites)
+                finally:
+                    reader.close()
+            engine = SyncEngine(self, selected, self.run_context, output=output, progress=progress)
             self.sync_summary = engine.run_all()
         finally:
             self.client.close()  # every connection of the run (a later request would open new ones)
