@@ -48,6 +48,7 @@ from edfi_core.session import EdFiHTTPError
 from tap_edfi.output import SingerOutput
 from tap_edfi.paging import Endpoint, PageReader, full_url, record_ids
 from tap_edfi.progress import Progress
+from tap_edfi.slices import slice_keys, with_slice_columns
 
 if TYPE_CHECKING:
     from tap_edfi.tap import TapEdFi
@@ -155,8 +156,9 @@ class CompositeStream(Stream):
 
     def __init__(self, tap: TapEdFi, spec: CompositeSpec) -> None:
         self.spec = spec
-        super().__init__(tap, schema=composite_schema(spec), name=spec.stream_name)
-        self.primary_keys = [PARENT_ID, "id"] if spec.parent is not None else ["id"]
+        slices = tap.slice.values if tap.slice is not None else {}  # tenant_code/api_year (tap_edfi/slices.py)
+        super().__init__(tap, schema=with_slice_columns(composite_schema(spec), slices), name=spec.stream_name)
+        self.primary_keys = slice_keys(slices, [PARENT_ID, "id"] if spec.parent is not None else ["id"])
         self.replication_key = None
         self.forced_replication_method = "FULL_TABLE"
 
@@ -172,9 +174,11 @@ class CompositeStream(Stream):
         tap: TapEdFi = self._tap  # type: ignore[assignment]
         reader = CompositeReader(tap, SingerOutput(), Progress(interval=float(tap.settings["progress_interval"])))
         try:
+            sliced = tap.slice
             for _, records in reader.batches(self):
                 for raw in records:
-                    yield orjson.loads(bytes(raw))
+                    doc = orjson.loads(bytes(raw))
+                    yield sliced.add(doc) if sliced is not None else doc
         finally:
             reader.close()
 
@@ -326,14 +330,17 @@ class CompositeReader:
             self.output.write_schema(msg.stream, msg.schema, msg.key_properties or [], msg.bookmark_properties)
         self.progress.start(stream.name)
         fast = self.tap.fast_path(stream)  # type: ignore[arg-type]
+        sliced = self.tap.slice  # tenant_code/api_year columns
         try:
             for _, records in self.batches(stream):
                 ts = utc_now_iso()
                 if fast:
-                    self.output.write_raw_records(stream.name, records, ts)
+                    self.output.write_raw_records(stream.name, records if sliced is None
+                                                  else [sliced(r) for r in records], ts)
                 else:
                     for raw in records:
-                        for rec in stream._generate_record_messages(orjson.loads(bytes(raw))):
+                        doc = orjson.loads(bytes(raw))
+                        for rec in stream._generate_record_messages(sliced.add(doc) if sliced is not None else doc):
                             self.output.write_message(rec.to_dict())
                 self.progress.add(stream.name, len(records))
                 self.progress.maybe_log(self.client.stats.as_dict(), stream.name)

@@ -338,3 +338,23 @@ def test_the_sdk_path_reads_a_composite_stream_too() -> None:
         associations = len(list(sb.store.iter_docs("/ed-fi/studentSectionAssociations")))
     assert len(records) == associations > 0
     assert all(r["_parent_id"] and r["id"] for r in records)
+
+
+def test_composite_streams_carry_the_tenant_and_year_columns() -> None:
+    """With ``tenant_code``/``api_year`` (tap_edfi/slices.py), composite rows of several tenants and years share
+    one table too: the columns lead the schema and the key, and are on every record (raw and SDK paths)."""
+    with Sandbox("6.1", seed=8) as sb:
+        config = tap_config(sb, resources=["schoolYearTypes"], composites=["schools/students", "students"],
+                            tenant_code="north", api_year=2025)
+        out = run_tap(config)
+        sdk = list(TapEdFi(config=config).streams["composite_enrollment_students"].get_records(None))
+        students = len(list(sb.store.iter_docs("/ed-fi/students")))
+    for name, keys in (("composite_enrollment_students_of_schools", ["tenant_code", "api_year", "_parent_id", "id"]),
+                       ("composite_enrollment_students", ["tenant_code", "api_year", "id"])):
+        schema = out.schemas[name]
+        assert schema["key_properties"] == keys
+        assert list(schema["schema"]["properties"])[:2] == ["tenant_code", "api_year"]
+        records = out.stream_records(name)
+        assert records and all(r["tenant_code"] == "north" and r["api_year"] == 2025 for r in records)
+    assert len(sdk) == students > 0
+    assert all(r["tenant_code"] == "north" and r["api_year"] == 2025 for r in sdk)
