@@ -211,9 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         sys.stdout.write(text)
     groups = plan["groups"]
-    logger.info("%d resources, %d items in %d groups (largest %d items, smallest %d)", len(plan["counts"]),
-                plan["total_items"], len(groups), groups[0]["items"] if groups else 0,
-                groups[-1]["items"] if groups else 0)
+    weights = [g["weight"] for g in groups] or [0]
+    logger.info("%d resources, %d items in %d groups (weights %d to %d, items plus %d per stream)",
+                len(plan["counts"]), plan["total_items"], len(groups), max(weights), min(weights),
+                args.per_stream_cost)
     return 0
 
 
