@@ -166,14 +166,15 @@ def plan_for_tap(tap: Any, max_groups: int, *, per_stream_cost: int = PER_STREAM
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``tap-edfi-groups --config config.json --groups 8 [--output plan.json]``."""
+    """``tap-edfi-groups [--config config.json] --groups 8 [--output plan.json]``."""
     from edfi_core.errors import EXIT_KNOWN_FAILURE, explain
 
     parser = argparse.ArgumentParser(
         prog="tap-edfi-groups",
         description="Plan tap-edfi stream groups balanced by item counts read from the API (docs/scaling.md).")
-    parser.add_argument("--config", action="append", required=True,
-                        help="tap-edfi config file (JSON); repeat to merge several, later ones win")
+    parser.add_argument("--config", action="append", default=[],
+                        help="tap-edfi config file (JSON); repeat to merge several, later ones win; TAP_EDFI_* "
+                             "environment variables apply too (e.g. from `meltano invoke --dump=config tap-edfi`)")
     parser.add_argument("--groups", type=int, default=8, help="most groups (default 8)")
     parser.add_argument("--per-stream-cost", type=int, default=PER_STREAM_COST,
                         help=f"weight of an empty stream, in items (default {PER_STREAM_COST})")

@@ -179,5 +179,12 @@ def test_cli_respects_the_tap_settings_and_fails_clearly(make_sandbox: Any, tmp_
     assert proc.returncode == 2 and proc.stdout == b""
     assert "token request to" in err and "/oauth/token" in err and "check client_id and client_secret" in err
     assert "Traceback" not in err and "not-the-secret" not in err
+    # no --config: the TAP_EDFI_* environment variables, as for the tap
+    env = {"TAP_EDFI_BASE_URL": config["base_url"], "TAP_EDFI_CLIENT_ID": sb.client_id,
+           "TAP_EDFI_CLIENT_SECRET": sb.client_secret, "TAP_EDFI_TOKEN_CACHE": "off"}
+    proc = subprocess.run([GROUPS_CLI, "--groups", "3"], capture_output=True, timeout=120, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert set(json.loads(proc.stdout)["counts"]) == {stream_name(r) for r in sb.model}
+    assert sb.client_secret.encode() not in proc.stderr
     proc = run_cli(config, tmp_path, "--groups", "0")
     assert proc.returncode == 2 and b"--groups must be at least 1" in proc.stderr
