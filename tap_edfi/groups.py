@@ -139,9 +139,19 @@ def plan_for_tap(tap: Any, max_groups: int, *, per_stream_cost: int = PER_STREAM
 
     resources = tap.selected_resources()
     counts = count_items(tap, resources)
+    from tap_edfi.streams import EdFiStream
+
     by_base: dict[str, list[str]] = {}
+    others: list[str] = []  # streams of no resource (composites): not counted, not in any group
     for stream in tap.discover_streams():  # the streams this config makes, by their resource's items stream
-        by_base.setdefault(stream_name(stream.resource), []).append(stream.name)
+        if isinstance(stream, EdFiStream):
+            by_base.setdefault(stream_name(stream.resource), []).append(stream.name)
+        else:
+            others.append(stream.name)
+    if others:
+        logger.warning("%d stream(s) of no resource are in no group (%s): they are not counted; read them in one "
+                       "job only (e.g. the composites setting on one group's job)", len(others),
+                       ", ".join(sorted(others)[:5]))
     groups = plan_groups(counts, max_groups, per_stream_cost=per_stream_cost)
     loads = group_loads(groups, counts, per_stream_cost=per_stream_cost)
     out = []
@@ -162,6 +172,7 @@ def plan_for_tap(tap: Any, max_groups: int, *, per_stream_cost: int = PER_STREAM
         "total_items": sum(counts.values()),
         "counts": dict(sorted(counts.items())),
         "groups": out,
+        "other_streams": sorted(others),
     }
 
 
