@@ -123,6 +123,7 @@ def load_model_from_files(paths: Iterable[str | Path]) -> ApiModel:
     return model
 
 
-def load_model(spec_files: Iterable[str | Path] | None, client: EdFiClient) -> ApiModel:
-    """The API's model: from local spec files when there are any, else from the API's own documents."""
-    return load_model_from_files(spec_files) if spec_files else load_model_from_api(client)
+def load_model(spec_files: Iterable[str | Path] | None, client: EdFiClient, max_workers: int = 4) -> ApiModel:
+    """The API's model: from local spec files when there are any, else from the API's own documents (at most
+    ``max_workers`` fetched at once: a plugin passes its own ``max_workers``, its request budget)."""
+    return load_model_from_files(spec_files) if spec_files else load_model_from_api(client, max_workers)

@@ -102,6 +102,10 @@ class SandboxApp:
         self.admin_token = config.admin_token or secrets.token_urlsafe(18)
         self.requests = 0
         self.requests_by_area: dict[str, int] = {}
+        #: API requests (not admin) being served now, and the most at once: what a client's concurrency is
+        #: measured by (updated on the event loop only)
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self._doc_cache: dict[tuple[str, str, bool], bytes] = {}
         self._deps_cache: dict[str, bytes] = {}
         self._paths_lower: dict[str, str] | None = None
@@ -129,6 +133,17 @@ class SandboxApp:
         req = Request(scope["method"].upper(), scope["path"], query, headers, body)
         base = self._base_url(scope, headers)
         route = self.layout.match(req.path)
+        counted = route is not None and route.area != "admin"
+        if counted:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            await self._serve(route, req, base, send)
+        finally:
+            if counted:
+                self.in_flight -= 1
+
+    async def _serve(self, route: Route | None, req: Request, base: str, send: Callable) -> None:
         fault = None
         if route is not None and route.area != "admin":
             self.requests += 1
@@ -480,8 +495,9 @@ class SandboxApp:
             return self._json(self.faults.config.as_dict())
         if what == "stats":
             return self._json({"requests": self.requests, "byArea": self.requests_by_area,
-                               "tokensIssued": self.tokens.issued, "changeVersion": self.store.change_version,
-                               "faultsInjected": self.faults.injected})
+                               "tokensIssued": self.tokens.issued, "tokensRefused": self.tokens.refused,
+                               "peakLiveTokens": dict(self.tokens.peak_live), "peakInFlight": self.peak_in_flight,
+                               "changeVersion": self.store.change_version, "faultsInjected": self.faults.injected})
         if what == "purge-changes" and req.method == "POST":
             try:
                 below = int(req.query.get("below", ""))

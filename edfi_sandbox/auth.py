@@ -45,6 +45,10 @@ class TokenRegistry:
         self._tokens: dict[str, Token] = {}
         self._lock = threading.Lock()
         self.issued = 0
+        #: the most live tokens each client held at once (what the limit bounds), and the token requests refused
+        #: because the client held the limit
+        self.peak_live: dict[str, int] = {}
+        self.refused = 0
 
     def authenticate(self, form: dict[str, str], authorization: str | None) -> tuple[str, str]:
         """(client_id, secret) from a Basic header or the body; the ODS/API's rules."""
@@ -79,10 +83,13 @@ class TokenRegistry:
             if self.max_per_client is not None:
                 live = sum(1 for t in self._tokens.values() if t.client_id == client_id)
                 if live >= self.max_per_client:
+                    self.refused += 1
                     raise TooManyTokens(client_id)
             token = Token(secrets.token_hex(16), client_id, now + self.ttl)
             self._tokens[token.value] = token
             self.issued += 1
+            live = sum(1 for t in self._tokens.values() if t.client_id == client_id)
+            self.peak_live[client_id] = max(self.peak_live.get(client_id, 0), live)
         return token
 
     def check(self, authorization: str | None) -> Token | None:

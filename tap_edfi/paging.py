@@ -167,6 +167,11 @@ class PageReader:
             params["maxChangeVersion"] = hi
         return params
 
+    def slot(self) -> threading.BoundedSemaphore:
+        """One of the ``max_in_flight`` slots, for a request that does not go through :meth:`get` (``with
+        reader.slot(): ...``)."""
+        return self._slots
+
     def _request(self, ep: Endpoint, url: str, params: dict[str, Any]) -> Any:
         """One GET (in one of the ``max_in_flight`` slots); :class:`EdFiHTTPError` unless it succeeded."""
         with self._slots:

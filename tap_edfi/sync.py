@@ -447,7 +447,8 @@ class SyncEngine:
                     return True
                 if passes == CATCH_UP_PASSES:
                     break
-                newest = self.client.available_change_versions()[1]
+                with self.reader.slot():  # the pool's threads may hold every other slot: max_workers in all
+                    newest = self.client.available_change_versions()[1]
                 for window in self.planner.plan(ep, bound + 1, newest):
                     for index in range(len(window.chunks)):
                         records, ids = self.fetch_with_ids(source, window, index)

@@ -259,7 +259,7 @@ class TapEdFi(Tap):
 
     @cached_property
     def model(self) -> ApiModel:
-        return load_model(self.settings.get("spec_files"), self.client)
+        return load_model(self.settings.get("spec_files"), self.client, min(4, int(self.settings["max_workers"])))
 
     @cached_property
     def run_context(self) -> RunContext:

@@ -300,7 +300,7 @@ class TargetEdFi(Target):
 
     @cached_property
     def model(self) -> ApiModel:
-        return load_model(self.settings.get("spec_files"), self.client)
+        return load_model(self.settings.get("spec_files"), self.client, min(4, int(self.settings["max_workers"])))
 
     @cached_property
     def routes(self) -> StreamMapper:
