@@ -20,11 +20,11 @@ Work flows through one bounded thread pool (``max_workers``):
 A window is complete only when what was read accounts for what was counted (:meth:`SyncEngine.complete`):
 the distinct ids read equal the window's end as one answer showed it (:attr:`Window.end`: the last page's
 items reach exactly to that answer's own ``Total-Count``), or else the API is asked again (the count now, and
-whether an item lies past what was read; docs/window-completeness.md). Items that left the window while it was read (changed: their
-new change version is above the run's bound, the next run reads them) are honest; items that are there
-and were never read are a shortfall: the window is read again (careful paging, new items only), and if
-the shortfall persists after ``max_tries`` reads the run fails naming the stream, URL and window, and
-that stream's bookmark stays before the window.
+whether an item lies past what was read; docs/window-completeness.md). Items that left the window while it
+was read (changed: their new change version is above the run's bound, the next run reads them) are honest;
+items that are there and were never read are a shortfall: the window is read again (careful paging, new
+items only), and if the shortfall persists after ``max_tries`` reads the run fails naming the stream, URL
+and window, and that stream's bookmark stays before the window.
 """
 
 from __future__ import annotations
