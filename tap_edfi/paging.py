@@ -22,7 +22,10 @@ with little or nothing new costs one request.
 Nothing an API answers is taken on trust (tap_edfi.sync checks every window): a 200 whose body is
 not a JSON array (empty, an object, HTML, truncated) is a named error, tried again like a 5xx
 (:class:`BadPage`); a page shorter than the count says is asked for again; the pages of a window
-always reach past its count, so a count that is too low shows as items beyond it; and when the
+always reach past its count, so a count that is too low shows as items beyond it; a window is over only
+when one answer shows its end with two facts that agree (the last page asks ``totalCount=true``: fewer than a
+page of items reaching exactly to that answer's own count), or else a probe past what was read finds nothing
+(docs/window-completeness.md); and when the
 API gives no ``Total-Count`` at all, counts are found by probing offsets (:meth:`PageReader.probe_count`),
 so the same windows and reverse paging lose nothing without counts either. Pages are kept as raw JSON (``msgspec.Raw``)
 slices of the response: records are written out without being parsed into Python objects.
@@ -137,9 +140,11 @@ class Window:
     hi: int | None
     count: int | None
     chunks: list[Chunk]
-    #: whether reading the chunks shows by itself that nothing lies beyond ``count`` (a page past the
-    #: count, or a short last page of a counted window); otherwise the end is probed after reading
-    exact_end: bool = True
+    #: the window's item count as one answer showed it: a page of fewer than ``page_size`` items whose offset plus
+    #: length is that answer's own ``Total-Count`` (the answer's two facts agree, so at least one honest answer
+    #: would say the same). Set only by the first answer a read of the window gets (every item read later was in
+    #: the window then: items only leave a window); None: the end is probed after reading (docs/window-completeness.md)
+    end: int | None = None
     #: ids read so far (the sync engine's: duplicates are dropped, completeness is checked against it)
     seen: set[str] = field(default_factory=set)
 
@@ -278,12 +283,23 @@ class PageReader:
         params = {**self._range(lo, hi), "offset": offset, "limit": self.page_size}
         return self.get(ep, params)[0]
 
-    def counted_page(self, ep: Endpoint, lo: int | None, hi: int | None, offset: int, expect: int) -> list[Any]:
+    def counted_page(self, ep: Endpoint, lo: int | None, hi: int | None, offset: int, expect: int,
+                     certify: bool = False) -> tuple[list[Any], int | None]:
         """The page at ``offset``, asked again (at most twice) while it has fewer than the ``expect`` items the
         count promises: a truncated page is answered honestly next time; items that left the window (churn) stay
         gone and a second answer as short as the first ends it. Every answer is kept (duplicates are dropped
-        later): reading the same offset again can only add items."""
-        page = self.page(ep, lo, hi, offset)
+        later): reading the same offset again can only add items. With ``certify`` (the window's last page) the
+        first ask carries ``totalCount=true`` and the window's end is returned when that answer shows it
+        (:attr:`Window.end`), else None."""
+        params = {**self._range(lo, hi), "offset": offset, "limit": self.page_size}
+        if certify:
+            params["totalCount"] = "true"
+        page, resp = self.get(ep, params)
+        end = None
+        if certify:
+            total = _total(resp)
+            if total is not None and len(page) < self.page_size and offset + len(page) == total:
+                end = total
         best = len(page)
         out = list(page)
         for _ in range(2):
@@ -294,21 +310,26 @@ class PageReader:
             if len(again) <= best:
                 break
             best = len(again)
-        return out
+        return out, end
 
-    def reverse(self, ep: Endpoint, lo: int | None, hi: int | None, count: int) -> list[Any]:
-        """Every item of the window, read from the last page to the first; returned in offset order.
+    def reverse(self, ep: Endpoint, lo: int | None, hi: int | None, count: int) -> tuple[list[Any], int | None]:
+        """Every item of the window, read from the last page to the first; returned in offset order, with the
+        window's end when the last page's answer (the first request) showed it (:attr:`Window.end`).
         The last page read starts at or before ``count`` and reaches past it: a count that was too low shows
         as items beyond it."""
         pages: list[list[Any]] = []
         size = self.page_size
         last = (max(count, 0) // size) * size
+        end = None
         for offset in range(last, -1, -size):
-            pages.append(self.counted_page(ep, lo, hi, offset, max(0, min(size, count - offset))))
+            page, shown = self.counted_page(ep, lo, hi, offset, max(0, min(size, count - offset)),
+                                            certify=offset == last)
+            pages.append(page)
+            end = shown if offset == last else end
         out: list[Any] = []
         for page in reversed(pages):
             out.extend(page)
-        return out
+        return out, end
 
     def partitions(self, ep: Endpoint, lo: int | None, hi: int | None, number: int) -> list[str]:
         params = {**self._range(lo, hi), "number": max(1, min(MAX_PARTITIONS, number))}
@@ -393,7 +414,7 @@ class Planner:
             if count <= size and len(first) >= count:
                 # the first page is the window: it shows its own end when it is short and the count exact
                 windows.append(Window(a, b, count, [Chunk("ready", count, first)],
-                                      exact_end=exact and len(first) < size))
+                                      end=count if exact and len(first) < size else None))
                 continue
             to_split.append((a, b, count))
         windows.extend(self._split(ep, to_split))
@@ -437,17 +458,20 @@ class Planner:
             offsets = list(range(0, (count // size) * size + 1, size))
             per = self.pages_per_chunk
             chunks = [Chunk("offsets", count, offsets=tuple(offsets[i:i + per])) for i in range(0, len(offsets), per)]
-            # the count is what an answer said: short pages can add up to exactly a count that was too low, so
-            # the end of a forward window is always probed (one request a window of up to 50 pages)
-            return Window(lo, hi, count, chunks, exact_end=False)
+            # the count is what an answer said: short pages can add up to exactly a count that was too low, so the
+            # end is what the last page's own answer shows (inside a snapshot nothing changes: any answer will do),
+            # else probed after reading
+            return Window(lo, hi, count, chunks)
         if self.mode == "cursor" and ep.cursor:
             number = max(1, min(MAX_PARTITIONS, math.ceil(count / (size * self.pages_per_chunk))))
             tokens = self.reader.partitions(ep, lo, hi, number)
             if tokens:
                 per = math.ceil(count / len(tokens))
                 mode = "cursor_careful" if careful else "cursor"
+                # no cursor answer has a count: the end of a cursor window is always probed (a short page ends a
+                # partition, and a cut one can make the reads add up to a count that was too low)
                 return Window(lo, hi, count, [Chunk(mode, per, token=t) for t in tokens])
-            return Window(lo, hi, count, [], exact_end=False)
+            return Window(lo, hi, count, [])
         return Window(lo, hi, count, [Chunk("reverse", count)])
 
 
@@ -456,13 +480,18 @@ def fetch_chunk(reader: PageReader, ep: Endpoint, window: Window, chunk: Chunk) 
     if chunk.mode == "ready":
         return chunk.records or []
     if chunk.mode == "reverse":
-        return reader.reverse(ep, window.lo, window.hi, chunk.expected or 0)
+        records, window.end = reader.reverse(ep, window.lo, window.hi, chunk.expected or 0)
+        return records
     if chunk.mode == "offsets":
         out: list[Any] = []
         size = reader.page_size
+        last = ((chunk.expected or 0) // size) * size
         for offset in chunk.offsets:
             expect = max(0, min(size, (chunk.expected or 0) - offset))
-            out.extend(reader.counted_page(ep, window.lo, window.hi, offset, expect))
+            page, end = reader.counted_page(ep, window.lo, window.hi, offset, expect, certify=offset == last)
+            out.extend(page)
+            if offset == last:
+                window.end = end
         return out
     if chunk.mode in ("cursor", "cursor_careful"):
         assert chunk.token is not None

@@ -18,12 +18,13 @@ Work flows through one bounded thread pool (``max_workers``):
    the last STATE and re-reads at most the windows that were not finished.
 
 A window is complete only when what was read accounts for what was counted (:meth:`SyncEngine.complete`):
-the distinct ids read equal the count, or, when they differ, the API is asked again (the count now, and
-whether an item lies past what was read). Items that left the window while it was read (changed: their
-new change version is above the run's bound, the next run reads them) are honest; items that are there
-and were never read are a shortfall: the window is read again (careful paging, new items only), and if
-the shortfall persists after ``max_tries`` reads the run fails naming the stream, URL and window, and
-that stream's bookmark stays before the window.
+the distinct ids read equal the window's end as one answer showed it (:attr:`Window.end`: the last page's
+items reach exactly to that answer's own ``Total-Count``), or else the API is asked again (the count now, and
+whether an item lies past what was read; docs/window-completeness.md). Items that left the window while it
+was read (changed: their new change version is above the run's bound, the next run reads them) are honest;
+items that are there and were never read are a shortfall: the window is read again (careful paging, new
+items only), and if the shortfall persists after ``max_tries`` reads the run fails naming the stream, URL
+and window, and that stream's bookmark stays before the window.
 """
 
 from __future__ import annotations
@@ -514,8 +515,8 @@ class SyncEngine:
         reads = 1
         while True:
             n = len(window.seen)
-            if window.count is not None and n == window.count and window.exact_end:
-                return
+            if window.end is not None and n == window.end:
+                return  # one answer showed the window's end, and that many distinct items were read
             try:
                 total, beyond = self.reader.probe_end(ep, window.lo, window.hi, n)
             except EdFiHTTPError as exc:
@@ -547,9 +548,10 @@ class SyncEngine:
                     self.emit_new(source, window, records, ids)
             except EdFiHTTPError as exc:
                 raise SyncError(f"stream '{source.stream.name}', {window_label(window)}: {exc}") from exc
-            # the count a re-read was planned with may itself be too low (it is what an answer said): the end of
-            # a re-read window is always probed
-            window.count, window.exact_end = count, False
+            # the count a re-read was planned with may itself be too low (it is what an answer said), and the ids
+            # read so far include items that may have left before the re-read's answers: the end of a re-read
+            # window is always probed
+            window.count, window.end = count, None
 
     # -- running ------------------------------------------------------------------------------------------
     def run_all(self) -> dict[str, Any]:

@@ -59,7 +59,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import requests
 from singer_sdk import metrics
 
 from edfi_core.auth import AuthError
@@ -168,14 +167,14 @@ class Outcome:
     created: bool = False
 
 
-def id_from_location(resp: Reply | requests.Response) -> str | None:
+def id_from_location(resp: Reply) -> str | None:
     location = resp.headers.get("Location") or resp.headers.get("location")
     if not location:
         return None
     return location.rstrip("/").rsplit("/", 1)[-1] or None
 
 
-def write_evidence(resp: Reply | requests.Response, method: str) -> str | None:
+def write_evidence(resp: Reply, method: str) -> str | None:
     """``None`` when a 2xx answer to a write carries the evidence an Ed-Fi API gives, else what is missing.
 
     ODS/API 5.3, 6.1 and 7.3 (``DataManagementControllerBase``, see docs/write-answers.md) answer a POST with 201
@@ -208,7 +207,7 @@ def transient_status(status: int | None) -> bool:
     return status is None or status == 429 or status >= 500
 
 
-def classify(resp: Reply | requests.Response, method: str | None = None) -> tuple[str, str]:
+def classify(resp: Reply, method: str | None = None) -> tuple[str, str]:
     """(kind, server message) of a final response; with ``method``, a 2xx must carry the API's evidence."""
     status = resp.status_code
     if 200 <= status < 300:
@@ -309,8 +308,10 @@ class Sender:
         self._held_keys: set[tuple[str, str]] = set()  # (resource, key hash) of upserts kept in the spool
         self.retry_failed = retry_failed
         self._dead: set[tuple[str, str]] = set()  # (stream, source key) of the target's dead letters
+        #: (resource, key hash) -> whether the item is in the target, as far as this run found (_in_target)
         self._present: dict[tuple[str, str], bool] = {}
         self._lookups = 0  # dead letters' dependencies looked up in the target API in this run
+        self._lookups_failed = ""  # why lookups in the target API stopped this run (no response)
         self.duplicate_keys = duplicate_keys
         #: (resource, key hash) of records that failed in this run -> the record, named (its dependents fail at once)
         self._failed_keys: dict[tuple[str, str], str] = dict(failed_keys or {})
@@ -320,7 +321,6 @@ class Sender:
         self._moved_ids: set[str] = set()  # Ed-Fi ids a PUT moved to another natural key in this run
         self._deleted_ids: set[str] = set()  # Ed-Fi ids deleted in this run
         self._unresolved: dict[tuple[str, str], str] = {}  # the API's message of a deferred record's last 409
-        self._found: dict[tuple[str, str], bool] = {}  # references looked up in the target, per run
         self._deferred_now: set[tuple[str, str]] = set()  # records deferred (409) while key changes are planned
         self._blocked: dict[tuple[str, str], str] = {}  # key changes waiting for another item to leave their key
         self._referenced: dict[str, set[str]] = {}  # resource -> the resources it references
@@ -405,36 +405,67 @@ class Sender:
                     "retry_failed" if self.retry_failed else "what they reference was written since")
 
     def _written(self, depends: str) -> bool:
-        """Whether every item a dead letter waited for is there now: in the log, in the spool (about to be sent),
-        or, found by its natural key, in the target API (written by someone else; at most ``LOOKUPS`` such
-        lookups a run). ``depends`` has one line per item, alternatives joined by ``|``, each
+        """Whether every item a dead letter waited for is there now (:meth:`_in_target`, with the spool and at most
+        ``LOOKUPS`` API lookups a run). ``depends`` has one line per item, alternatives joined by ``|``, each
         ``resource<TAB>key hash<TAB>natural key``."""
         for line in depends.split("\n"):
             found = False
             for part in line.split("|"):
                 path, _, rest = part.partition("\t")
                 khash, _, natural = rest.partition("\t")
-                if self._is_present(path, khash, natural):
+                try:
+                    values = orjson.loads(natural) if natural else None
+                except ValueError:
+                    values = None
+                if self._in_target(path, khash, values if isinstance(values, dict) else None, spool=True,
+                                   capped=True):
                     found = True
                     break
             if not found:
                 return False
         return True
 
-    def _is_present(self, path: str, khash: str, natural: str) -> bool:
+    def _in_target(self, path: str, khash: str, natural_key: dict[str, Any] | None, *, spool: bool = False,
+                   capped: bool = False) -> bool:
+        """Whether the item of ``path`` with key hash ``khash`` is in the target: live in the log (written by this
+        target), with ``spool`` also upserted in the spool (about to be sent), else found by ``natural_key`` in the
+        target API (written by someone else). The log and spool are asked each time until the item is found (this
+        run may write it); the API once per item and run (``_present``), and with ``capped`` only while fewer than
+        ``LOOKUPS`` capped lookups were made this run. A lookup that fails counts as not found: an error answer is
+        logged at DEBUG; no response at all (the API unreachable) is a WARNING once, and no more lookups are made
+        this run (each would wait through every retry)."""
         key = (path, khash)
-        present = self._present.get(key)
-        if present is None:
-            present = self.log.is_live(self.target, path, khash) or self.log.spooled_upsert(self.target, path, khash)
-            res = self.model.get(path)
-            if not present and natural and res is not None and self._lookups < LOOKUPS:
-                self._lookups += 1
-                try:
-                    present = self._find(res, orjson.loads(natural)) is not None
-                except (EdFiHTTPError, ValueError):
-                    present = False
-            self._present[key] = present
-        return present
+        if self._present.get(key):
+            return True
+        if self.log.is_live(self.target, path, khash) or (spool and self.log.spooled_upsert(self.target, path, khash)):
+            self._present[key] = True
+            return True
+        if key in self._present:
+            return False  # looked up in the API this run: not there
+        res = self.model.get(path)
+        if not natural_key or res is None or self._lookups_failed or (capped and self._lookups >= LOOKUPS):
+            return False
+        if capped:
+            self._lookups += 1
+        self._requests += 1
+        try:
+            found = self._find(res, natural_key) is not None
+        except EdFiHTTPError as exc:
+            if exc.status is None and exc.response is None:
+                # the URL carries the natural key (student data): only the path and the reason are logged
+                self._lookups_failed = f"GET {self.client.data_url(path)}: no response: {exc.server_message}"
+                logger.warning("cannot look items up by natural key in the target API (%s, after %d tries): no "
+                               "more lookups this run; dead letters waiting for items written by others stay "
+                               "rejected, and unresolved references are reported as not in the target",
+                               self._lookups_failed, exc.tries)
+                return False
+            logger.debug("cannot look up %s %s: %s", path, natural_key, exc)
+            found = False
+        except ValueError as exc:  # a JSON answer that does not parse
+            logger.debug("cannot look up %s %s: %s", path, natural_key, exc)
+            found = False
+        self._present[key] = found
+        return found
 
     def _depends(self, res: Resource, row: WorkRow, status: int | str | None) -> str | None:
         """What a rejected record waits for: the references the target does not have (409), the descriptor values
@@ -949,7 +980,7 @@ class Sender:
         if resp.content and "json" not in content_type:
             raise EdFiHTTPError("GET", self.client.data_url(res.path), None,
                                 f"HTTP {resp.status_code} {content_type.split(';')[0] or 'without a content type'}, "
-                                "not the API's answer")
+                                "not the API's answer", response=resp)
         items = orjson.loads(resp.content or b"[]")
         for item in items if isinstance(items, list) else []:
             if isinstance(item, dict) and key_hash(res.natural_key(item)) == key_hash(natural_key):
@@ -1162,7 +1193,7 @@ class Sender:
         payload = orjson.loads(row.payload)
         missing, kinds = [], []
         for prop, options in reference_keys(self.model, res, payload):
-            if not any(self._exists(target, values) for target, values in options):
+            if not any(self._in_target(target.path, key_hash(values), values) for target, values in options):
                 target, values = options[0]
                 names = "/".join(t.entity for t, _ in options) if len(options) > 1 else target.entity
                 missing.append(f"{prop} ({names} {canonical(values).decode()})")
@@ -1173,22 +1204,6 @@ class Sender:
         text = ("unresolved reference, though every reference this target can check exists in the target (see the "
                 "API's message)")
         return text, text
-
-    def _exists(self, target: Resource, values: dict[str, Any]) -> bool:
-        """Whether a referenced item is there: in the log, else in the target API by natural key (once per run)."""
-        khash = key_hash(values)
-        if self.log.is_live(self.target, target.path, khash):
-            return True
-        known = self._found.get((target.path, khash))
-        if known is None:
-            try:
-                known = self._find(target, values) is not None
-                self._requests += 1
-            except (EdFiHTTPError, requests.RequestException) as exc:
-                logger.debug("cannot look up %s %s: %s", target.path, values, exc)
-                known = False
-            self._found[(target.path, khash)] = known
-        return known
 
     # -- descriptors ---------------------------------------------------------------------------------------------
     def _check_descriptors(self, res: Resource, row: WorkRow) -> str | None:

@@ -26,7 +26,6 @@ from typing import IO, Any
 
 import click
 import orjson
-import requests
 from singer_sdk import Target, metrics
 from singer_sdk import typing as th
 from singer_sdk.exceptions import InvalidInputLine
@@ -60,7 +59,7 @@ logger = logging.getLogger("target_edfi")
 
 DEFAULT_LOG = ".target-edfi/transaction_log.db"
 #: failures that stop a run: the API, its credentials or its documents are not usable
-FATAL = (AuthError, EdFiHTTPError, SpecError, requests.RequestException, ValueError)
+FATAL = (AuthError, EdFiHTTPError, SpecError, ValueError)
 CONFIG_SCHEMA = th.PropertiesList(
     *api_properties(
         th.Property("dependencies_url", th.StringType,

@@ -84,6 +84,7 @@ class OddPageProxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall per answer
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -105,9 +106,9 @@ class OddPageProxy:
                     self.send_error(502)
                     return
                 out_headers = {k: v for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP}
-                if (self.command == "GET" and resp.status == 200 and content.lstrip()[:1] == b"["
+                if (self.command == "GET" and resp.status == 200 and content.lstrip()[:1] in proxy.bodies
                         and proxy.match(urllib.parse.urlsplit(self.path).path)):
-                    spoiled = proxy._maybe_spoil(content, out_headers)
+                    spoiled = proxy._maybe_spoil(content, out_headers, self.path)
                     if spoiled is not None:
                         content, out_headers = spoiled
                 self.send_response(resp.status, resp.reason)
@@ -129,7 +130,10 @@ class OddPageProxy:
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
-    def _maybe_spoil(self, body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]] | None:
+    #: the first bytes of the bodies that may be spoiled (JSON arrays: data pages)
+    bodies: tuple[bytes, ...] = (b"[",)
+
+    def _maybe_spoil(self, body: bytes, headers: dict[str, str], target: str) -> tuple[bytes, dict[str, str]] | None:
         with self._lock:
             self.pages += 1
             if not self.kinds or self._rng.random() >= self.share:
@@ -172,4 +176,48 @@ class OddPageProxy:
         self.stop()
 
 
-__all__ = ["ODD_KINDS", "OddPageProxy", "spoil"]
+#: what a :class:`ScriptedPageProxy` script is given (the request's path, its query, how many times this very
+#: request was answered before, the sandbox's body and headers) and returns (a body and headers, or None)
+Script = Callable[[str, dict[str, str], int, bytes, dict[str, str]], "tuple[bytes, dict[str, str]] | None"]
+
+
+class ScriptedPageProxy(OddPageProxy):
+    """An :class:`OddPageProxy` whose spoiling is decided by ``script``, not by chance: every successful JSON
+    answer under ``/data/`` (pages and ``/partitions``) is passed to it with the request that asked for it and the
+    number of earlier answers to the same request (path and query), so a test replays exactly the answers it
+    means, whatever order concurrent requests arrive in. ``answers`` counts the answers, ``spoiled`` those the
+    script changed."""
+
+    bodies = (b"[", b"{")
+
+    def __init__(self, upstream: str, script: Script | None = None) -> None:
+        super().__init__(upstream, kinds=(), share=0.0)
+        self.script = script
+        self._seen: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+        self.answers = 0
+        self.spoiled = 0
+
+    def replay(self, script: Script | None) -> None:
+        """Start over with ``script`` (occurrences counted from 0 again)."""
+        with self._lock:
+            self.script = script
+            self._seen = {}
+            self.answers = self.spoiled = 0
+
+    def _maybe_spoil(self, body: bytes, headers: dict[str, str], target: str) -> tuple[bytes, dict[str, str]] | None:
+        parts = urllib.parse.urlsplit(target)
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        key = (parts.path, tuple(sorted(query.items())))
+        with self._lock:
+            script = self.script
+            occurrence = self._seen.get(key, 0)
+            self._seen[key] = occurrence + 1
+            self.answers += 1
+        out = script(parts.path, query, occurrence, body, headers) if script is not None else None
+        if out is not None:
+            with self._lock:
+                self.spoiled += 1
+        return out
+
+
+__all__ = ["ODD_KINDS", "OddPageProxy", "Script", "ScriptedPageProxy", "spoil"]

@@ -13,9 +13,10 @@ share of the *writes* (POST, PUT, DELETE to the data management API) is spoiled,
 ``busy``
     not forwarded; answered ``503`` (``Retry-After: 0``), as an overloaded gateway does.
 
-``only`` limits the spoiling to writes whose path contains one of the given strings. Everything is bounded:
-at most ``max_faults`` spoiled requests, hangs of at most ``hang_seconds``, and the server stops with
-:meth:`stop` (or the ``with`` block). It binds 127.0.0.1 only.
+``only`` limits the spoiling to writes whose path contains one of the given strings (the query string
+included); ``methods`` spoils other methods instead of the writes (``("GET",)``: lookups and reads).
+Everything is bounded: at most ``max_faults`` spoiled requests, hangs of at most ``hang_seconds``, and the
+server stops with :meth:`stop` (or the ``with`` block). It binds 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ class FaultProxy:
 
     def __init__(self, upstream: str, *, html: float = 0.0, hang: float = 0.0, drop: float = 0.0,
                  busy: float = 0.0, only: tuple[str, ...] = (), hang_seconds: float = 2.0,
-                 max_faults: int = 100_000, seed: int = 7) -> None:
+                 max_faults: int = 100_000, seed: int = 7, methods: tuple[str, ...] = WRITES) -> None:
         host, _, port = upstream.removeprefix("http://").partition(":")
         assert host in ("127.0.0.1", "localhost"), "the proxy forwards to loopback only"
         self.upstream = (host, int(port.split("/")[0] or 80))
         self.shares = {"html": html, "hang": hang, "drop": drop, "busy": busy}
         self.only = only
+        self.methods = methods
+        self.spoiled: list[str] = []  # the method and path (with query) of every spoiled request
         self.hang_seconds = min(float(hang_seconds), 30.0)
         self.max_faults = max_faults
         self.random = random.Random(seed)
@@ -120,7 +123,7 @@ class FaultProxy:
             self.shares.update(shares)
 
     def _choose(self, method: str, path: str) -> str | None:
-        if method not in WRITES or "/data/" not in path:
+        if method not in self.methods or "/data/" not in path:
             return None
         if self.only and not any(part in path for part in self.only):
             return None
@@ -131,6 +134,7 @@ class FaultProxy:
             for mode, share in self.shares.items():
                 if roll < share:
                     self.faults[mode] += 1
+                    self.spoiled.append(f"{method} {path}")
                     return mode
                 roll -= share
         return None

@@ -258,3 +258,37 @@ def test_rejected_records_are_kept_retried_when_their_parent_arrives_and_resent_
     assert sb.store.count("/ed-fi/studentSchoolAssociations") == 6
     (left,) = failed_listing(config, tmp_path)
     assert left["key"] == {"studentUniqueId": "S0009"} and left["status"] == 400 and left["tries"] == 2
+
+
+def test_a_lookup_without_a_response_keeps_dead_letters_and_the_run_goes_on(
+        make_sandbox: Any, api_for: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Lookups by natural key get no response (a proxy drops every GET of students with a query, after forwarding
+    it): the dead letter waiting for a student someone else created stays rejected, one WARNING says why (no
+    student data in it), no further lookup is made that run, and a new record's 409 still names its missing
+    reference. The next run, with lookups answered, finds the student and sends what waited."""
+    sb = make_sandbox("7.3")
+    with FaultProxy(sb.base_url, methods=("GET",), only=("/ed-fi/students?",)) as proxy:
+        config = through(proxy, sb, tmp_path / "log.db", max_tries=2, max_backoff_seconds=0.05)
+        first = run_target(config, b"".join([*district(1), record("studentSchoolAssociations", enrollment("LATE"))]))
+        assert first.exit_code == 1 and first.totals["failed_all"] == 1
+        assert api_for(sb).post("/ed-fi/students", student("LATE")).status_code == 201  # written by someone else
+
+        proxy.set(drop=1.0)
+        with caplog.at_level("WARNING"):
+            run = run_target(config, schema("studentSchoolAssociations")
+                             + record("studentSchoolAssociations", enrollment("GHOST")))
+        assert run.exit_code == 1, run.results  # GHOST's enrollment is rejected (409); nothing crashed
+        assert run.totals["retried_failed"] == 0 and run.totals["failed_all"] == 1
+        # one lookup (LATE's, for its dead letter), each of its tries dropped; GHOST's reference was not looked up
+        assert proxy.spoiled and all("studentUniqueId=LATE" in p for p in proxy.spoiled), proxy.spoiled
+        warnings = [r.getMessage() for r in caplog.records if "cannot look items up" in r.getMessage()]
+        assert len(warnings) == 1 and "no response" in warnings[0] and "LATE" not in warnings[0], warnings
+        (ghost,) = run.resource("/ed-fi/studentSchoolAssociations")["failures"]
+        assert ghost["message"] == "unresolved reference: not in the target: studentReference (student)", ghost
+        assert {d["key"]["studentUniqueId"] for d in failed_listing(config, tmp_path)} == {"LATE", "GHOST"}
+
+        proxy.set(drop=0.0)
+        again = run_target(config, b"")  # lookups answered: LATE is found in the API, its enrollment sent
+        assert again.exit_code == 0, again.results
+        assert again.totals["retried_failed"] == 1 and again.totals["created"] == 1
+        assert {d["key"]["studentUniqueId"] for d in failed_listing(config, tmp_path)} == {"GHOST"}
