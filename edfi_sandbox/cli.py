@@ -50,7 +50,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="5.3/6.1 routing: year-specific and instance-year-specific URL segments")
     p.add_argument("--school-year", type=int)
     p.add_argument("--instance")
-    p.add_argument("--tenant", help="7.x tenant route segment")
+    p.add_argument("--tenant", help="7.x tenant route segment; 8.x (DMS) tenant (MultiTenancy)")
     p.add_argument("--context", help="7.x context route segment (e.g. a school year)")
     p.add_argument("--route-qualifiers", default="",
                    help="8.x (DMS) route qualifier values, comma separated (e.g. 255901,2024): /{tenant}/255901/2024")
