@@ -323,6 +323,11 @@ def _shared_parameters(rules: VersionRules) -> dict[str, Param]:
             "\"BeginDate:[2016-03-07...2016-03-10]\").", {"type": "string"}),
         "totalCount": Param("totalCount", "query", total_count, {"type": "boolean", "default": False}),
     }
+    if rules.dms and rules.partitions:
+        # DMS main publishes AppSettings:MaximumPageSize (500) as limit's and pageSize's default and maximum
+        # (CursorPagingOpenApiAugmenter.cs)
+        params["limit"] = Param("limit", "query", params["limit"].description,
+                                {"maximum": 500, "minimum": 0, **int32, "default": 500})
     if rules.partitions:
         params["pageToken"] = Param(
             "pageToken", "query",
@@ -332,7 +337,7 @@ def _shared_parameters(rules: VersionRules) -> dict[str, Param]:
         params["pageSize"] = Param(
             "pageSize", "query",
             "The maximum number of items to retrieve in the page. For use with pageToken (cursor paging) "
-            "only.", {"minimum": 0, **int32, "default": 25})
+            "only.", {"minimum": 0, **int32, **({"default": 500, "maximum": 500} if rules.dms else {"default": 25})})
         params["numberOfPartitions"] = Param(
             "number", "query",
             "The number of evenly distributed partitions to provide for client-side parallel processing. "
