@@ -94,6 +94,11 @@ class DmsLayout:
     def oauth_url(self, base: str) -> str:
         return f"{base.rstrip('/')}{self.root}/oauth/token"
 
+    def composites_url(self, base: str) -> str:
+        """For :class:`routing.Layout`'s interface only: DMS has no composites (its discovery document names none,
+        and no route of this layout reaches them)."""
+        return f"{base.rstrip('/')}{self.root}/composites/v1"
+
     def metadata_doc_url(self, base: str, name: str) -> str:
         return f"{base.rstrip('/')}/metadata/specifications/{name}-spec.json"
 
