@@ -18,9 +18,12 @@ from starlette.concurrency import run_in_threadpool
 
 from edfi_core.dependencies import dependency_graph, dependency_items, graphml
 from edfi_core.openapi import ApiModel, Resource
+from edfi_sandbox import dms_reads
 from edfi_sandbox.auth import OAuthError, TokenRegistry, TooManyTokens
 from edfi_sandbox.authorization import AuthorizationDenied, ClientScope
 from edfi_sandbox.config import SandboxConfig
+from edfi_sandbox.dms_auth import dms_token
+from edfi_sandbox.dms_routing import DmsLayout, dms_root_payload, metadata_index, specifications_listing
 from edfi_sandbox.errors import error_body
 from edfi_sandbox.faults import FaultInjector
 from edfi_sandbox.routing import Layout, Route, root_payload
@@ -87,7 +90,7 @@ class SandboxApp:
         self.model: ApiModel = store.model
         self.config = config
         store.api_version = config.api_version
-        self.layout = Layout(config)
+        self.layout: Layout | DmsLayout = DmsLayout(config) if config.is_dms else Layout(config)
         self.faults = faults or FaultInjector()
         clients = {config.client_id: config.client_secret, **config.extra_clients}
         # authorization: one scope per client; the default and extra clients have the Ed-Fi Sandbox claim set
@@ -96,7 +99,7 @@ class SandboxApp:
             clients[spec.client_id] = spec.secret
             self.scopes[spec.client_id] = ClientScope(spec, self.model, store._tables, config.api_version)
         self.tokens = TokenRegistry(
-            clients, config.token_ttl, config.max_tokens_per_client if config.api_version >= "7.3" else None
+            clients, config.token_ttl, config.max_tokens_per_client if config.has_token_limit else None
         )
         self.validators = Validators(config.api_version)
         self.admin_token = config.admin_token or secrets.token_urlsafe(18)
@@ -260,7 +263,11 @@ class SandboxApp:
     # -- dispatch ------------------------------------------------------------------------------
     async def _dispatch(self, route: Route, req: Request, base: str) -> Reply:
         area = route.area
+        if self.config.is_dms and area in ("root", "oauth", "dms_metadata", "metadata_list", "metadata_doc",
+                                           "metadata_changes"):
+            return await self._dms_fixed(area, route, req, base)
         if area == "root":
+            assert isinstance(self.layout, Layout)
             return self._json(root_payload(self.config, self.layout, base))
         if area == "oauth":
             return self._oauth(req)
@@ -304,6 +311,30 @@ class SandboxApp:
                 return self._data(route.rest, req, base)
             return await run_in_threadpool(self._data, route.rest, req, base)
         raise HttpError(404, "not-found", "The specified resource could not be found.")
+
+    async def _dms_fixed(self, area: str, route: Route, req: Request, base: str) -> Reply:
+        """The DMS's fixed routes: discovery, token, metadata (edfi_sandbox/dms_routing.py, dms_auth.py)."""
+        assert isinstance(self.layout, DmsLayout)
+        if area == "root":
+            return self._json(dms_root_payload(self.config, self.layout, base, route.rest or "/"))
+        if area == "oauth":
+            status, body, ctype = dms_token(self.tokens, self.config.token_ttl, req.method, req.headers, req.body)
+            return Reply(status, body, content_type=ctype or None)
+        if area == "dms_metadata":
+            return self._json(metadata_index(base))
+        if area == "metadata_list":
+            return self._json(specifications_listing(base))
+        if area == "metadata_changes":
+            from edfi_sandbox.specgen import change_queries_document
+
+            return self._json(change_queries_document(self.config.api_version,
+                                                      self.layout.change_queries_url(base)))
+        name = route.rest.lower()
+        if name == "discovery":
+            from edfi_sandbox.specgen import discovery_document
+
+            return self._json(discovery_document(base + self.layout.root))
+        return await run_in_threadpool(self._metadata_doc, name, base, False)
 
     @staticmethod
     def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
@@ -439,6 +470,9 @@ class SandboxApp:
 
     # -- snapshots -------------------------------------------------------------------------------
     def _snapshot_for(self, req: Request) -> Snapshot | None:
+        if self.config.is_dms:
+            # DMS v1 silently ignores Use-Snapshot on every read (change-queries.md, "Snapshot support is deferred")
+            return None
         if self.config.is_v7:
             value = req.headers.get("use-snapshot")
             if value is None or value.strip().lower() != "true":
@@ -465,7 +499,8 @@ class SandboxApp:
         if what == "availablechangeversions":
             snap = self._snapshot_for(req)
             newest = snap.change_version if snap else self.store.change_version
-            oldest = self.store.oldest_change_version()
+            # DMS: "The oldestChangeVersion remains hardcoded to 0" (change-queries.md, /availableChangeVersions)
+            oldest = 0 if self.config.is_dms else self.store.oldest_change_version()
             if self.config.api_version < "6":  # 5.x serializes the C# names as they are
                 return self._json({"OldestChangeVersion": oldest, "NewestChangeVersion": newest})
             return self._json({"oldestChangeVersion": oldest, "newestChangeVersion": newest})
@@ -542,7 +577,8 @@ class SandboxApp:
                             f" to perform the requested operation on {res.path}.")
         if len(parts) == 3:
             parts[2] = self._suffixes.get(parts[2].lower(), parts[2])
-        req.query = self._canonical_query(res, req.query)
+        if not self.config.is_dms:  # DMS matches paging names case-sensitively (edfi_sandbox/dms_reads.py)
+            req.query = self._canonical_query(res, req.query)
         snapshot = self._snapshot_for(req)
         profile = self._profile(res, req) if req.method == "GET" and parts[-1] not in CHANGE_SUFFIXES else None
         try:
@@ -732,6 +768,8 @@ class SandboxApp:
 
     # reads ---------------------------------------------------------------------------------------
     def _get_collection(self, res: Resource, req: Request, snapshot: Snapshot | None) -> Reply:
+        if self.config.is_dms:
+            return dms_reads.get_collection(self, res, req)
         min_cv = self._int_param(req, "minChangeVersion", INT64)
         max_cv = self._int_param(req, "maxChangeVersion", INT64)
         filters = self._filters(res, req)
@@ -786,6 +824,8 @@ class SandboxApp:
         if sub == "partitions":
             if not self.config.has_partitions:
                 raise HttpError(404, "not-found", "The specified resource could not be found.")
+            if self.config.is_dms:
+                return dms_reads.partitions(self, res, req)
             number = self._int_param(req, "number") or 10
             if not 1 <= number <= 200:
                 raise HttpError(400, "bad-request:parameter-validation-failed",
@@ -793,7 +833,9 @@ class SandboxApp:
             ranges = self.store.partitions(res.path, number, min_cv, max_cv, self._filters(res, req), snapshot,
                                            auth=self._read_auth(res, req))
             return self._json({"pageTokens": [encode_token(lo, hi) for lo, hi in ranges]})
-        if res.name == "schoolYearTypes" or (sub == "keyChanges" and not self.config.has_key_changes):
+        # DMS treats SchoolYearType as a regular resource for change queries (change-queries.md, "SchoolYearType")
+        if (res.name == "schoolYearTypes" and not self.config.is_dms) or (
+                sub == "keyChanges" and not self.config.has_key_changes):
             raise HttpError(404, "not-found", "The specified resource could not be found.")
         headers: dict[str, str] = {}
         if sub == "deletes" and v < "6":
@@ -804,7 +846,15 @@ class SandboxApp:
             items = self.store.deletes(res.path, offset, limit, min_cv, max_cv, with_keys=False, snapshot=snapshot,
                                        auth=self._read_auth(res, req, changes=True))
             return self._json([{"Id": i["id"], "ChangeVersion": i["changeVersion"]} for i in items])
-        offset, limit = self._change_paging(req)
+        if self.config.is_dms:
+            paged = dms_reads.change_paging(self, req)
+            if isinstance(paged, Reply):
+                return paged
+            offset, limit = paged[0], paged[1]
+            if paged[2]:
+                req.query["totalCount"] = "true"
+        else:
+            offset, limit = self._change_paging(req)
         auth = self._read_auth(res, req, changes=True)
         if sub == "deletes":
             if self._total_count(req):

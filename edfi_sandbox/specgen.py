@@ -85,8 +85,14 @@ class VersionRules:
 
     @property
     def partitions(self) -> bool:
-        """Cursor paging: ``/partitions``, ``pageToken``/``pageSize``, ``Next-Page-Token`` (7.3+)."""
-        return self.version >= (7, 3)
+        """Cursor paging: ``/partitions``, ``pageToken``/``pageSize``, ``Next-Page-Token`` (ODS/API 7.3; DMS after
+        v8.0.0, the sandbox's 8.1: Core/OpenApi/CursorPagingOpenApiAugmenter.cs is on DMS main only)."""
+        return (7, 3) <= self.version < (8, 0) or self.version >= (8, 1)
+
+    @property
+    def dms(self) -> bool:
+        """The Ed-Fi Data Management Service (8.x)."""
+        return self.version >= (8, 0)
 
     @property
     def use_snapshot(self) -> bool:
@@ -317,6 +323,11 @@ def _shared_parameters(rules: VersionRules) -> dict[str, Param]:
             "\"BeginDate:[2016-03-07...2016-03-10]\").", {"type": "string"}),
         "totalCount": Param("totalCount", "query", total_count, {"type": "boolean", "default": False}),
     }
+    if rules.dms and rules.partitions:
+        # DMS main publishes AppSettings:MaximumPageSize (500) as limit's and pageSize's default and maximum
+        # (CursorPagingOpenApiAugmenter.cs)
+        params["limit"] = Param("limit", "query", params["limit"].description,
+                                {"maximum": 500, "minimum": 0, **int32, "default": 500})
     if rules.partitions:
         params["pageToken"] = Param(
             "pageToken", "query",
@@ -326,7 +337,7 @@ def _shared_parameters(rules: VersionRules) -> dict[str, Param]:
         params["pageSize"] = Param(
             "pageSize", "query",
             "The maximum number of items to retrieve in the page. For use with pageToken (cursor paging) "
-            "only.", {"minimum": 0, **int32, "default": 25})
+            "only.", {"minimum": 0, **int32, **({"default": 500, "maximum": 500} if rules.dms else {"default": 25})})
         params["numberOfPartitions"] = Param(
             "number", "query",
             "The number of evenly distributed partitions to provide for client-side parallel processing. "
@@ -624,7 +635,7 @@ class OperationFactory:
             f"{res.path}/{{id}}": {"get": self.get_by_id(res), "put": self.put(res),
                                   "delete": self.delete(res)},
         }
-        if res.name != "schoolYearTypes":
+        if res.name != "schoolYearTypes" or self.rules.dms:  # DMS: a regular resource for change queries
             _, delete_name, key_change_name = tracked_change_names(res)
             items[f"{res.path}/deletes"] = {"get": self.tracked_changes(res, "deletes", delete_name)}
             if self.rules.key_values:
@@ -777,7 +788,7 @@ class DocumentBuilder:
         extra_schemas: JSON = {}
         for res in resources:
             paths.update(factory.path_items(res))
-            if res.name != "schoolYearTypes":
+            if res.name != "schoolYearTypes" or self.rules.dms:
                 extra_schemas.update(tracked_change_schemas(res, self.rules, self.pool, self.style))
         schemas = self.pool.closure(r.schema_name for r in resources)
         schemas.update(extra_schemas)
@@ -856,6 +867,21 @@ def change_queries_document(api_version: str, url: str, *, oauth_url: str = "",
     }
     return _assemble(style, doc, paths=paths, schemas=schemas, parameters={}, responses=responses,
                      token_url=oauth_url, tags=tags)
+
+
+def discovery_document(root_url: str) -> JSON:
+    """DMS's ``discovery-spec.json`` (the "Discovery" section of ``/metadata/specifications``): the root
+    document's one operation."""
+    return {
+        "openapi": "3.0.1",
+        "info": {"title": "Ed-Fi Discovery API", "version": "1"},
+        "servers": [{"url": root_url}],
+        "paths": {"/": {"get": {
+            "summary": "Information about the API: version, data models and URLs.",
+            "operationId": "getDiscovery",
+            "responses": {"200": {"description": "The discovery document."}},
+        }}},
+    }
 
 
 def _available_change_versions_op(rules: VersionRules, style: Style) -> JSON:
