@@ -129,8 +129,9 @@ CONFIG_SCHEMA = th.PropertiesList(
                 description="Read inside the API's snapshot (`Use-Snapshot` on 7.x, `Snapshot-Identifier` on "
                             "5.2-6.x): `auto` when the API has one, `always` fails without one, `never`."),
     th.Property("paging", th.StringType, default="auto", allowed_values=["auto", "offset", "cursor"],
-                description="`auto`: snapshot pages, else cursor paging over /partitions on 7.3+, else reverse "
-                            "offset paging over change-version windows. `offset` and `cursor` force one."),
+                description="`auto`: snapshot pages, else cursor paging where the OpenAPI documents have /partitions "
+                            "(7.3, DMS 8.1), else reverse offset paging over change-version windows. `offset` and "
+                            "`cursor` force one."),
     th.Property("max_workers", th.IntegerType(minimum=1, maximum=64), default=8,
                 description="Concurrent requests (across streams, windows and partitions)."),
     *retry_properties(request_timeout=120),
