@@ -21,6 +21,8 @@ from edfi_core.openapi import ApiModel, Resource
 from edfi_sandbox.auth import OAuthError, TokenRegistry, TooManyTokens
 from edfi_sandbox.authorization import AuthorizationDenied, ClientScope
 from edfi_sandbox.config import SandboxConfig
+from edfi_sandbox.dms_auth import dms_token
+from edfi_sandbox.dms_routing import DmsLayout, dms_root_payload, metadata_index, specifications_listing
 from edfi_sandbox.dms_writes import DmsWrites, throttled
 from edfi_sandbox.errors import error_body
 from edfi_sandbox.faults import FaultInjector
@@ -88,7 +90,7 @@ class SandboxApp:
         self.model: ApiModel = store.model
         self.config = config
         store.api_version = config.api_version
-        self.layout = Layout(config)
+        self.layout: Layout | DmsLayout = DmsLayout(config) if config.is_dms else Layout(config)
         self.faults = faults or FaultInjector()
         clients = {config.client_id: config.client_secret, **config.extra_clients}
         # authorization: one scope per client; the default and extra clients have the Ed-Fi Sandbox claim set
@@ -97,7 +99,7 @@ class SandboxApp:
             clients[spec.client_id] = spec.secret
             self.scopes[spec.client_id] = ClientScope(spec, self.model, store._tables, config.api_version)
         self.tokens = TokenRegistry(
-            clients, config.token_ttl, config.max_tokens_per_client if config.api_version >= "7.3" else None
+            clients, config.token_ttl, config.max_tokens_per_client if config.has_token_limit else None
         )
         self.validators = Validators(config.api_version)
         self.admin_token = config.admin_token or secrets.token_urlsafe(18)
@@ -111,7 +113,7 @@ class SandboxApp:
         store.commit_delay = lambda: self.faults.config.commit_delay_ms / 1000.0
         #: DMS (API v8) writes: their own rules and answers (edfi_sandbox/dms_writes.py, docs/dms.md)
         self._dms_writes: DmsWrites | None = None
-        if getattr(config, "is_dms", False):
+        if config.is_dms:
             self._dms_writes = DmsWrites(self)
             store.fill_arrays = False  # DMS drops empty collections; it does not add them back
 
@@ -253,7 +255,11 @@ class SandboxApp:
     # -- dispatch ------------------------------------------------------------------------------
     async def _dispatch(self, route: Route, req: Request, base: str) -> Reply:
         area = route.area
+        if self.config.is_dms and area in ("root", "oauth", "dms_metadata", "metadata_list", "metadata_doc",
+                                           "metadata_changes"):
+            return await self._dms_fixed(area, route, req, base)
         if area == "root":
+            assert isinstance(self.layout, Layout)
             return self._json(root_payload(self.config, self.layout, base))
         if area == "oauth":
             return self._oauth(req)
@@ -289,6 +295,30 @@ class SandboxApp:
                 return self._data(route.rest, req, base)
             return await run_in_threadpool(self._data, route.rest, req, base)
         raise HttpError(404, "not-found", "The specified resource could not be found.")
+
+    async def _dms_fixed(self, area: str, route: Route, req: Request, base: str) -> Reply:
+        """The DMS's fixed routes: discovery, token, metadata (edfi_sandbox/dms_routing.py, dms_auth.py)."""
+        assert isinstance(self.layout, DmsLayout)
+        if area == "root":
+            return self._json(dms_root_payload(self.config, self.layout, base, route.rest or "/"))
+        if area == "oauth":
+            status, body, ctype = dms_token(self.tokens, self.config.token_ttl, req.method, req.headers, req.body)
+            return Reply(status, body, content_type=ctype or None)
+        if area == "dms_metadata":
+            return self._json(metadata_index(base))
+        if area == "metadata_list":
+            return self._json(specifications_listing(base))
+        if area == "metadata_changes":
+            from edfi_sandbox.specgen import change_queries_document
+
+            return self._json(change_queries_document(self.config.api_version,
+                                                      self.layout.change_queries_url(base)))
+        name = route.rest.lower()
+        if name == "discovery":
+            from edfi_sandbox.specgen import discovery_document
+
+            return self._json(discovery_document(base + self.layout.root))
+        return await run_in_threadpool(self._metadata_doc, name, base, False)
 
     @staticmethod
     def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
@@ -400,6 +430,9 @@ class SandboxApp:
 
     # -- snapshots -------------------------------------------------------------------------------
     def _snapshot_for(self, req: Request) -> Snapshot | None:
+        if self.config.is_dms:
+            # DMS v1 silently ignores Use-Snapshot on every read (change-queries.md, "Snapshot support is deferred")
+            return None
         if self.config.is_v7:
             value = req.headers.get("use-snapshot")
             if value is None or value.strip().lower() != "true":
@@ -426,7 +459,8 @@ class SandboxApp:
         if what == "availablechangeversions":
             snap = self._snapshot_for(req)
             newest = snap.change_version if snap else self.store.change_version
-            oldest = self.store.oldest_change_version()
+            # DMS: "The oldestChangeVersion remains hardcoded to 0" (change-queries.md, /availableChangeVersions)
+            oldest = 0 if self.config.is_dms else self.store.oldest_change_version()
             if self.config.api_version < "6":  # 5.x serializes the C# names as they are
                 return self._json({"OldestChangeVersion": oldest, "NewestChangeVersion": newest})
             return self._json({"oldestChangeVersion": oldest, "newestChangeVersion": newest})

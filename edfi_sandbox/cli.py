@@ -52,6 +52,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instance")
     p.add_argument("--tenant", help="7.x tenant route segment")
     p.add_argument("--context", help="7.x context route segment (e.g. a school year)")
+    p.add_argument("--route-qualifiers", default="",
+                   help="8.x (DMS) route qualifier values, comma separated (e.g. 255901,2024): /{tenant}/255901/2024")
     p.add_argument("--latency-ms", type=float, default=0.0, help="fixed latency added to every request")
     p.add_argument("--jitter-ms", type=float, default=0.0, help="random extra latency, 0..N ms")
     for code in ("429", "500", "502", "503"):
@@ -140,7 +142,8 @@ def _serve(args: argparse.Namespace) -> int:
             db=args.db, specs=args.spec, faults=faults, log_level=args.log_level,
             client_id=args.client_id, client_secret=args.client_secret, token_ttl=args.token_ttl,
             api_mode=args.api_mode, school_year=args.school_year, instance=args.instance,
-            tenant=args.tenant, context=args.context, forbidden=frozenset(args.forbid),
+            tenant=args.tenant, context=args.context,
+            route_qualifiers=tuple(q for q in args.route_qualifiers.split(",") if q), forbidden=frozenset(args.forbid),
             profiles=json.loads(Path(args.profiles).read_text()) if args.profiles else {},
             admin_token=args.admin_token, header_timeout=args.header_timeout, body_timeout=args.body_timeout,
             max_body_bytes=args.max_body_bytes, clients=tuple(args.client),

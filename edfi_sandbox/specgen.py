@@ -85,8 +85,14 @@ class VersionRules:
 
     @property
     def partitions(self) -> bool:
-        """Cursor paging: ``/partitions``, ``pageToken``/``pageSize``, ``Next-Page-Token`` (7.3+)."""
-        return self.version >= (7, 3)
+        """Cursor paging: ``/partitions``, ``pageToken``/``pageSize``, ``Next-Page-Token`` (ODS/API 7.3; DMS after
+        v8.0.0, the sandbox's 8.1: Core/OpenApi/CursorPagingOpenApiAugmenter.cs is on DMS main only)."""
+        return (7, 3) <= self.version < (8, 0) or self.version >= (8, 1)
+
+    @property
+    def dms(self) -> bool:
+        """The Ed-Fi Data Management Service (8.x)."""
+        return self.version >= (8, 0)
 
     @property
     def use_snapshot(self) -> bool:
@@ -856,6 +862,21 @@ def change_queries_document(api_version: str, url: str, *, oauth_url: str = "",
     }
     return _assemble(style, doc, paths=paths, schemas=schemas, parameters={}, responses=responses,
                      token_url=oauth_url, tags=tags)
+
+
+def discovery_document(root_url: str) -> JSON:
+    """DMS's ``discovery-spec.json`` (the "Discovery" section of ``/metadata/specifications``): the root
+    document's one operation."""
+    return {
+        "openapi": "3.0.1",
+        "info": {"title": "Ed-Fi Discovery API", "version": "1"},
+        "servers": [{"url": root_url}],
+        "paths": {"/": {"get": {
+            "summary": "Information about the API: version, data models and URLs.",
+            "operationId": "getDiscovery",
+            "responses": {"200": {"description": "The discovery document."}},
+        }}},
+    }
 
 
 def _available_change_versions_op(rules: VersionRules, style: Style) -> JSON:
