@@ -238,7 +238,8 @@ class ApiInfo:
     def is_dms(self) -> bool:
         """The Ed-Fi Data Management Service (API v8): accepts but ignores snapshots."""
         name = str(self.root.get("applicationName") or "").lower()
-        return "data management service" in name or (self.version >= (1, 0) and self.version < (3, 0))
+        return ("data management service" in name or (self.version >= (1, 0) and self.version < (3, 0))
+                or self.version >= (8, 0))
 
     @property
     def data_models(self) -> list[dict[str, Any]]:
