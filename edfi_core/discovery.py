@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -50,6 +51,15 @@ def metadata_listing(client: EdFiClient) -> list[dict[str, Any]]:
     resp = client.request("GET", url, auth=False)
     if resp.status_code in (401, 403):
         resp = client.request("GET", url)
+    if resp.status_code == 404 and client.info.is_dms:
+        # DMS names its metadata under the tenant and route qualifiers but serves it only at the server root
+        # (MetadataEndpointModule maps /metadata/* without them; docs/dms.md)
+        parts = urlsplit(url)
+        at_root = urlunsplit((parts.scheme, parts.netloc, "/metadata/specifications", "", ""))
+        if at_root != url:
+            logger.info("no metadata listing at %s (DMS serves it at the server root): reading %s", url, at_root)
+            url = at_root
+            resp = client.request("GET", url, auth=False)
     if resp.status_code == 404:
         return []
     check(resp, "GET", url)

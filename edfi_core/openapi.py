@@ -83,6 +83,7 @@ class Resource:
     query_params: list[JSON] = field(default_factory=list)
     has_deletes: bool = True
     has_key_changes: bool = True
+    has_partitions: bool = False  # the documents show a ``/partitions`` path (cursor paging: ODS/API 7.3, DMS main)
 
     @property
     def path(self) -> str:
@@ -365,6 +366,7 @@ def parse_document(doc: JSON) -> list[Resource]:
                 query_params=_query_params(doc, ops),
                 has_deletes=f"{path}/deletes" in paths or _has_change_paths(paths, name),
                 has_key_changes=f"{path}/keyChanges" in paths or _has_change_paths(paths, name),
+                has_partitions=f"{path}/partitions" in paths,
             )
         )
     return resources
@@ -387,6 +389,7 @@ def build_resource(
     query_params: list[JSON] | None = None,
     has_deletes: bool = True,
     has_key_changes: bool = True,
+    has_partitions: bool = False,
 ) -> Resource:
     resolver = resolver or _Resolver(schemas)
     resolved = resolver.resolve(raw)
@@ -442,6 +445,7 @@ def build_resource(
         query_params=query_params or [],
         has_deletes=has_deletes,
         has_key_changes=has_key_changes,
+        has_partitions=has_partitions,
     )
 
 

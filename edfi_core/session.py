@@ -236,10 +236,16 @@ class ApiInfo:
 
     @property
     def is_dms(self) -> bool:
-        """The Ed-Fi Data Management Service (API v8): accepts but ignores snapshots."""
+        """The Ed-Fi Data Management Service (API v8; pre-release builds called themselves 1.x/2.x), known by its
+        discovery document rather than its version: the data API is ``.../data`` (the ODS/API's is
+        ``.../data/v3``) and the token introspection URL is ``tokenInfo`` (DiscoveryEndpointModule.cs). DMS
+        v8.0.0 accepts ``Use-Snapshot`` and ignores it, which no answer shows (docs/dms.md)."""
         name = str(self.root.get("applicationName") or "").lower()
-        return ("data management service" in name or (self.version >= (1, 0) and self.version < (3, 0))
-                or self.version >= (8, 0))
+        if "data management service" in name or (1, 0) <= self.version < (3, 0):
+            return True
+        urls = self.root.get("urls") or {}
+        data = str(urls.get("dataManagementApi") or "").rstrip("/")
+        return bool(data) and data.endswith("/data") and "tokenInfo" in urls
 
     @property
     def data_models(self) -> list[dict[str, Any]]:
@@ -273,6 +279,8 @@ class ApiInfo:
 
     @property
     def has_partitions(self) -> bool:
+        """What the version says (ODS/API 7.3+); the tap asks the OpenAPI documents first (a ``/partitions`` path),
+        and a DMS only has cursor paging when its documents show it (it came after v8.0.0)."""
         return not self.is_dms and self.version >= (7, 3)
 
     @property
@@ -359,7 +367,7 @@ def resolve_urls(
         metadata=resolved.get("openApiMetadata", f"{base}/metadata"),
         dependencies=resolved.get("dependencies", f"{base}/metadata/data/v3/dependencies"),
         change_queries=change_queries.rstrip("/") if change_queries else None,
-        token_info=resolved.get("oauthTokenIntrospection"),
+        token_info=resolved.get("oauthTokenIntrospection") or resolved.get("tokenInfo"),  # tokenInfo: DMS
     )
     for key, value in (overrides or {}).items():
         if value:

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edfi_core.dependencies import dependency_graph, dependency_items, graphml
 from edfi_core.openapi import ApiModel, Resource
+from edfi_sandbox import dms_reads
 from edfi_sandbox.auth import OAuthError, TokenRegistry, TooManyTokens
 from edfi_sandbox.authorization import AuthorizationDenied, ClientScope
 from edfi_sandbox.config import SandboxConfig
@@ -536,7 +537,8 @@ class SandboxApp:
                             f" to perform the requested operation on {res.path}.")
         if len(parts) == 3:
             parts[2] = self._suffixes.get(parts[2].lower(), parts[2])
-        req.query = self._canonical_query(res, req.query)
+        if not self.config.is_dms:  # DMS matches paging names case-sensitively (edfi_sandbox/dms_reads.py)
+            req.query = self._canonical_query(res, req.query)
         snapshot = self._snapshot_for(req)
         profile = self._profile(res, req) if req.method == "GET" and parts[-1] not in CHANGE_SUFFIXES else None
         try:
@@ -728,6 +730,8 @@ class SandboxApp:
 
     # reads ---------------------------------------------------------------------------------------
     def _get_collection(self, res: Resource, req: Request, snapshot: Snapshot | None) -> Reply:
+        if self.config.is_dms:
+            return dms_reads.get_collection(self, res, req)
         min_cv = self._int_param(req, "minChangeVersion", INT64)
         max_cv = self._int_param(req, "maxChangeVersion", INT64)
         filters = self._filters(res, req)
@@ -782,6 +786,8 @@ class SandboxApp:
         if sub == "partitions":
             if not self.config.has_partitions:
                 raise HttpError(404, "not-found", "The specified resource could not be found.")
+            if self.config.is_dms:
+                return dms_reads.partitions(self, res, req)
             number = self._int_param(req, "number") or 10
             if not 1 <= number <= 200:
                 raise HttpError(400, "bad-request:parameter-validation-failed",
@@ -800,7 +806,15 @@ class SandboxApp:
             items = self.store.deletes(res.path, offset, limit, min_cv, max_cv, with_keys=False, snapshot=snapshot,
                                        auth=self._read_auth(res, req, changes=True))
             return self._json([{"Id": i["id"], "ChangeVersion": i["changeVersion"]} for i in items])
-        offset, limit = self._change_paging(req)
+        if self.config.is_dms:
+            paged = dms_reads.change_paging(self, req)
+            if isinstance(paged, Reply):
+                return paged
+            offset, limit = paged[0], paged[1]
+            if paged[2]:
+                req.query["totalCount"] = "true"
+        else:
+            offset, limit = self._change_paging(req)
         auth = self._read_auth(res, req, changes=True)
         if sub == "deletes":
             if self._total_count(req):

@@ -56,6 +56,10 @@ class SandboxConfig:
     body_timeout: float = 30.0  # seconds for a request's body, in total
     max_body_bytes: int = 30_000_000  # 413 above (Kestrel MaxRequestBodySize)
     max_header_bytes: int = 32 * 1024  # 431 above (Kestrel MaxRequestHeadersTotalSize)
+    # DMS only: AppSettings:MaximumPageSize (the default and the maximum of limit and pageSize) and
+    # AppSettings:DefaultPartitionCount (docs/CONFIGURATION.md)
+    maximum_page_size: int = 500
+    default_partition_count: int = 10
 
     def __post_init__(self) -> None:
         if self.api_version not in API_VERSIONS:

@@ -803,8 +803,10 @@ class Store:
         filters: dict[str, Any] | None = None,
         snapshot: Snapshot | None = None,
         auth: AuthHook | None = None,
+        by_change_version: bool = False,
     ) -> list[tuple[int, bytes]]:
-        """(aggregate_id, doc) rows of one offset page, in aggregate-id order."""
+        """(aggregate_id, doc) rows of one offset page, in aggregate-id order; ``by_change_version``: the page is
+        selected in change-version order (DMS with a maxChangeVersion), its items still in aggregate-id order."""
         res = self.resource(path)
         where, args = self._where(res, min_cv, max_cv, filters)
         conn = self.reader(snapshot)
@@ -814,7 +816,8 @@ class Store:
         # like the ODS/API: find the page's keys on a narrow index, then read those items
         return conn.execute(
             f'SELECT t.aggregate_id, t.doc FROM "{table}" t JOIN (SELECT aggregate_id FROM "{table}"{hint}{where}'
-            " ORDER BY aggregate_id LIMIT ? OFFSET ?) p ON p.aggregate_id = t.aggregate_id ORDER BY t.aggregate_id",
+            f" ORDER BY {'change_version, ' if by_change_version else ''}aggregate_id LIMIT ? OFFSET ?) p"
+            " ON p.aggregate_id = t.aggregate_id ORDER BY t.aggregate_id",
             [*args, limit, offset],
         ).fetchall()
 

@@ -155,6 +155,10 @@ class PageReader:
         self._slots = threading.BoundedSemaphore(self.max_in_flight)
         self.page_size = page_size
         self.count_limit = max(0, min_limit)  # 5.x/6.x refuse limit=0 (counts read one item everywhere now)
+        # DMS: a cursor walk ends only where a page has no Next-Page-Token, never on a short or empty page (a page
+        # selects its items before reading them: concurrent deletes can empty a page with more after it,
+        # CURSOR-PAGING.md "Repeat until the header is absent")
+        self.until_no_token = False
         self._lock = threading.Lock()
         self._warned_no_count: set[str] = set()
 
@@ -336,7 +340,7 @@ class PageReader:
                 if len(again) > len(page):
                     page, resp = again, resp2
             out.extend(page)
-            if not page or (len(page) < self.page_size and not careful):
+            if not self.until_no_token and (not page or (len(page) < self.page_size and not careful)):
                 break  # nothing can enter the window: a short page is the end
             next_token = resp.headers.get("Next-Page-Token")
         return out

@@ -88,16 +88,24 @@ def utc_now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
 
 
-def resolve_run(client: EdFiClient, use_snapshot: str = "auto", paging: str = "auto") -> RunContext:
-    """Read the run's upper bound once, choosing a snapshot and a paging strategy (WIRE.md 3, 8)."""
+def resolve_run(client: EdFiClient, use_snapshot: str = "auto", paging: str = "auto",
+                documents_partitions: bool | None = None) -> RunContext:
+    """Read the run's upper bound once, choosing a snapshot and a paging strategy (WIRE.md 3, 8).
+
+    ``documents_partitions``: whether the API's OpenAPI documents show ``/partitions`` paths (None: unknown, what
+    the version says decides); cursor paging is used only where the API offers it (ODS/API 7.3, DMS after 8.0.0).
+    """
     info = client.info
+    has_partitions = info.has_partitions if documents_partitions is None else documents_partitions
     headers: dict[str, str] = {}
     label: str | None = None
     versions: tuple[int, int] | None = None
     if use_snapshot != "never":
         if info.is_dms:
-            logger.warning("this API (%s) accepts snapshot headers but ignores them: reads are not isolated, "
-                           "so the tap pages without a snapshot", info.root.get("applicationName") or "DMS")
+            # DMS v8 silently ignores Use-Snapshot (change-queries.md, "Snapshot support is deferred")
+            logger.log(logging.WARNING if use_snapshot == "always" else logging.INFO,
+                       "this API (%s, a Data Management Service) accepts snapshot headers but ignores them: reads are "
+                       "not isolated, so the tap pages without a snapshot", info.root.get("applicationName") or "DMS")
         elif info.snapshot_style == "use-snapshot":
             try:
                 versions = client.available_change_versions({"Use-Snapshot": "true"})
@@ -137,12 +145,13 @@ def resolve_run(client: EdFiClient, use_snapshot: str = "auto", paging: str = "a
                 raise
             logger.warning("the API has no change queries (%s): every run reads every item, without bookmarks",
                            exc)
-    if paging == "cursor" and not info.has_partitions:
-        raise SettingsError(f"paging is 'cursor' but ODS/API {info.informational_version} has no cursor paging "
-                            "(/partitions came with 7.3): use paging auto or offset")
+    if paging == "cursor" and not has_partitions:
+        raise SettingsError(f"paging is 'cursor' but the API at {client.base_url} ({info.informational_version}) has "
+                            "no cursor paging (its OpenAPI documents show no /partitions: ODS/API 7.3 and DMS after "
+                            "8.0.0 have it): use paging auto or offset")
     if headers and paging != "cursor":
         mode = "forward"
-    elif paging == "cursor" or (paging == "auto" and info.has_partitions):
+    elif paging == "cursor" or (paging == "auto" and has_partitions):
         mode = "cursor"
     else:
         mode = "reverse"
@@ -207,6 +216,7 @@ class SyncEngine:
         self.max_workers = max(1, int(self.settings["max_workers"]))
         page_size = int(self.settings["page_size"])
         self.reader = PageReader(self.client, page_size, self.client.info.min_limit, self.max_workers)
+        self.reader.until_no_token = self.client.info.is_dms
         step = int(self.settings.get("change_version_step_size") or 0)
         rows = int(self.settings.get("max_window_rows") or 0)
         self.planner = Planner(self.reader, run.paging, rows or page_size * (10 if run.paging == "reverse" else 50),

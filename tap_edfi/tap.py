@@ -219,7 +219,9 @@ class TapEdFi(Tap):
 
     @cached_property
     def run_context(self) -> RunContext:
-        return resolve_run(self.client, self.settings["use_snapshot"], self.settings["paging"])
+        # cursor paging where the API's own documents show /partitions (local spec_files: what the version says)
+        partitions = None if self.settings.get("spec_files") else any(r.has_partitions for r in self.model)
+        return resolve_run(self.client, self.settings["use_snapshot"], self.settings["paging"], partitions)
 
     # -- discovery ---------------------------------------------------------------------------------------
     def selected_resources(self) -> list[Resource]:

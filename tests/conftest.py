@@ -75,14 +75,15 @@ class Api:
     def all(self, path: str, **params: Any) -> list[dict]:
         out: list[dict] = []
         offset = 0
+        size = min(500, self.sb.config.maximum_page_size)  # DMS: AppSettings:MaximumPageSize may be lower
         while True:
-            page = self.get(path, params={**params, "offset": offset, "limit": 500})
+            page = self.get(path, params={**params, "offset": offset, "limit": size})
             page.raise_for_status()
             items = page.json()
             out.extend(items)
-            if len(items) < 500:
+            if len(items) < size:
                 return out
-            offset += 500
+            offset += size
 
 
 @pytest.fixture

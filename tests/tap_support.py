@@ -33,7 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 OPENAPI = REPO.parent / "shared" / "edfi" / "openapi"
 DS5_SPECS = [str(OPENAPI / "standards_resources-ds-5.0.oas3.yml"),
              str(OPENAPI / "standards_descriptors-ds-5.0.oas3.yml")]
-VERSIONS = ("5.3", "6.1", "7.1", "7.3")
+#: every ODS/API version, and DMS 8.0 (v8.0.0) and 8.1 (DMS main: cursor paging)
+VERSIONS = ("5.3", "6.1", "7.1", "7.3", "8.0", "8.1")
+ODS_VERSIONS = ("5.3", "6.1", "7.1", "7.3")
 TAP = str(REPO / ".venv" / "bin" / "tap-edfi") if (REPO / ".venv" / "bin" / "tap-edfi").exists() else "tap-edfi"
 #: plugins run as processes show an unclosed socket or file (as Meltano's PYTHONWARNINGS=once does), and fail on it
 PLUGIN_WARNINGS = {"PYTHONWARNINGS": "error::ResourceWarning"}
@@ -268,6 +270,7 @@ def standard_changes(sb: Sandbox, round_no: int) -> Mutator:
 
 __all__ = [
     "DS5_SPECS",
+    "ODS_VERSIONS",
     "VERSIONS",
     "Mutator",
     "Output",

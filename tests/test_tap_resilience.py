@@ -16,7 +16,8 @@ from edfi_sandbox.server import Sandbox
 from tap_edfi.sync import SyncError
 from tests.tap_support import TAP, Output, Warehouse, assert_matches, run_tap, run_tap_process, tap_config
 
-CHURN_CASES = [("5.3", "offset"), ("6.1", "offset"), ("7.1", "offset"), ("7.3", "offset"), ("7.3", "cursor")]
+CHURN_CASES = [("5.3", "offset"), ("6.1", "offset"), ("7.1", "offset"), ("7.3", "offset"), ("7.3", "cursor"),
+               ("8.0", "offset"), ("8.1", "cursor")]
 
 
 @pytest.mark.parametrize(("version", "paging"), CHURN_CASES)
@@ -83,7 +84,7 @@ def _read_until_states(proc: subprocess.Popen, states: int, deadline: float) -> 
     return data
 
 
-@pytest.mark.parametrize("version", ["5.3", "6.1", "7.1", "7.3"])
+@pytest.mark.parametrize("version", ["5.3", "6.1", "7.1", "7.3", "8.0", "8.1"])
 def test_kill_9_then_resume_loses_nothing(version: str, tmp_path: Path) -> None:
     with Sandbox(version, seed=80) as sb:
         sb.set_faults(latency_ms=15)
@@ -120,7 +121,7 @@ def test_kill_9_then_resume_loses_nothing(version: str, tmp_path: Path) -> None:
         assert len(first.records) + len(rerun.records) < 1.5 * total
 
 
-@pytest.mark.parametrize("version", ["5.3", "6.1", "7.1", "7.3"])
+@pytest.mark.parametrize("version", ["5.3", "6.1", "7.1", "7.3", "8.1"])  # 8.1: DMS's token endpoint, cursor
 def test_faults_and_short_tokens(version: str, caplog: pytest.LogCaptureFixture) -> None:
     with Sandbox(version, seed=25, token_ttl=2) as sb:
         sb.set_faults(rate_429=0.03, rate_500=0.03, rate_502=0.02, rate_503=0.02, rate_drop=0.04, latency_ms=2,
