@@ -27,7 +27,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "6.1-year": ("6.1", {"api_mode": "year", "school_year": 2025}, {"school_year": 2025}),
     "7.3-tenant-context": ("7.3", {"tenant": "gbisd", "context": "2025"}, {}),
     "8.0": ("8.0", {}, {}),
-    "8.1": ("8.1", {}, {}),  # DMS tenants and route qualifiers: tap-side discovery (dms-read branch)
+    "8.1-tenant-qualifiers": ("8.1", {"tenant": "gbisd", "route_qualifiers": ("255901", "2025")}, {}),
 }
 
 
