@@ -236,8 +236,9 @@ def _json_kind(value: Any) -> str:
 
 def _type_ok(kind: str, value: Any) -> bool:
     if kind == "integer":
-        return isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, float)
-                                                                           and value.is_integer())
+        if isinstance(value, float):
+            return value.is_integer()
+        return isinstance(value, int) and not isinstance(value, bool)
     if kind == "number":
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     expected = _KINDS.get(kind)
@@ -450,7 +451,8 @@ def _precondition(reason: str) -> Problem:
                        errors=["The 'If-Match' request header requires a current representation of the resource,"
                                " but none exists. Do not retry with If-Match; create the resource first, or omit"
                                " If-Match."])
-    return Problem(412, "optimistic-lock-failed", "Optimistic Lock Failed", "The item has been modified by another user.",
+    return Problem(412, "optimistic-lock-failed", "Optimistic Lock Failed",
+                   "The item has been modified by another user.",
                    errors=["The resource item's etag value does not match what was specified in the 'If-Match'"
                            " request header indicating that it has been modified by another client since it was"
                            " last retrieved."])
