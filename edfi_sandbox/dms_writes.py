@@ -623,6 +623,8 @@ class DmsWrites:
         return Reply(204)
 
     def _dependents(self, res: Resource, stored: dict[str, Any]) -> list[str]:
+        """The resources whose items reference ``stored``: document references (the store's refs), and for a
+        descriptor every item that names it (DMS keeps descriptor references as foreign keys too)."""
         store = self.app.store
         hashed = key_hash(res.path, res.natural_key(stored))
         names: list[str] = []
@@ -631,7 +633,28 @@ class DmsWrites:
             name = _cap(src.entity) if src else path
             if name not in names:
                 names.append(name)
+        if res.is_descriptor:
+            for name in self._descriptor_users(res, f"{stored.get('namespace')}#{stored.get('codeValue')}"):
+                if name not in names:
+                    names.append(name)
         return names
+
+    def _descriptor_users(self, desc: Resource, value: str) -> list[str]:
+        store = self.app.store
+        needle = orjson.dumps(value)  # the value as it appears in a stored document
+        users = []
+        for res in self.app.model:
+            paths = [p for p in res.descriptor_paths if self.app.model.descriptor_for(p[-1]) is desc]
+            if not paths:
+                continue
+            rows = store._writer.execute(f'SELECT doc FROM "{store.table(res.path)}" WHERE instr(doc, ?) > 0',
+                                         (needle,))
+            for (blob,) in rows:
+                doc = orjson.loads(blob)
+                if any(v == value for p in paths for v, _ in _walk_paths(doc, p)):
+                    users.append(_cap(res.entity))
+                    break
+        return users
 
 
 def _same(res: Resource, stored: dict[str, Any], body: dict[str, Any]) -> bool:

@@ -178,6 +178,14 @@ def test_delete_answers(dms: Api) -> None:
                     "Dependent Item Exists")
     assert body["detail"] == ("The requested action cannot be performed because this item is referenced by"
                               " existing StudentSchoolAssociation item(s).")
+    # a descriptor in use is a dependency too (DMS keeps descriptor references as foreign keys)
+    grade = _one(dms, "/ed-fi/gradeLevelDescriptors", codeValue="Ninth grade")
+    body = _problem(dms.delete(f"/ed-fi/gradeLevelDescriptors/{grade['id']}"), 409,
+                    "data-conflict:dependent-item-exists", "Dependent Item Exists")
+    assert body["detail"] == ("The requested action cannot be performed because this item is referenced by"
+                              " existing School, StudentSchoolAssociation item(s).")
+    term = _one(dms, "/ed-fi/termDescriptors")  # used by nothing
+    assert dms.delete(f"/ed-fi/termDescriptors/{term['id']}").status_code == 204
 
 
 def test_coercion(dms: Api) -> None:

@@ -53,7 +53,10 @@ def test_replication_follows_every_kind_of_change(variant: str, make_sandbox: An
     assert run.exit_code == 0, run.results
     assert diff_content(content(a), content(b)) == []
     totals = run.totals
-    assert totals["failed_all"] == 0 and totals["deleted"] >= 11 and totals["created"] == 3
+    # every delete the source made (DMS refuses to delete a descriptor in use, so fewer go there)
+    deletes = sum(1 for kind, _, _ in m.log if kind == "delete")
+    assert deletes >= (6 if version >= "8" else 11)
+    assert totals["failed_all"] == 0 and totals["deleted"] >= deletes and totals["created"] == 3
     # at most one write per record the tap sent (unchanged items skipped, cascaded key changes found in place)
     assert counter.writes <= len(second.records)
     assert run.states == [second.last_state]
