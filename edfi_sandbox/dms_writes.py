@@ -115,10 +115,56 @@ def parse_body(raw: bytes) -> Any:
         raise _bad_request("The request could not be processed. See 'errors' for details.",
                            ["A non-empty request body is required."])
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         # ParseBodyMiddleware: the parser's message under "$."
         raise _data_validation({"$.": [f"The request body is not valid JSON: {exc}"]}) from exc
+    duplicate = duplicate_path(raw)
+    if duplicate is not None:  # DuplicatePropertiesMiddleware
+        raise _data_validation({duplicate: ["An item with the same key has already been added."]})
+    return body
+
+
+class _Seen(dict):
+    """An object of the request body that named a property twice (``dup``: the name)."""
+
+    dup: str | None = None
+
+
+def duplicate_path(raw: bytes) -> str | None:
+    """The JSON path (``$.a.b[0].c``) of the first property named twice in an object, or None
+    (DuplicatePropertiesMiddleware scans the raw body: a parsed JsonNode would keep the last value)."""
+    import json
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict:
+        out = _Seen()
+        for key, value in pairs:
+            if key in out and out.dup is None:
+                out.dup = key
+            out[key] = value
+        return out
+
+    try:
+        doc = json.loads(raw, object_pairs_hook=hook)
+    except ValueError:
+        return None
+
+    def find(node: Any, path: str) -> str | None:
+        if isinstance(node, _Seen):
+            if node.dup is not None:
+                return f"{path}.{node.dup}"
+            for key, value in node.items():
+                hit = find(value, f"{path}.{key}")
+                if hit:
+                    return hit
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                hit = find(value, f"{path}[{i}]")
+                if hit:
+                    return hit
+        return None
+
+    return find(doc, "$")
 
 
 # -- 2. coercion -----------------------------------------------------------------------------------------------

@@ -83,6 +83,16 @@ def test_id_in_a_post_body_is_400_in_any_casing(dms: Api, name: str) -> None:
     assert dms.get("/ed-fi/students", params={"studentUniqueId": "I1"}).json() == []
 
 
+def test_a_property_named_twice_is_400(dms: Api) -> None:
+    raw = b'{"studentUniqueId": "D1", "firstName": "A", "lastSurname": "L", "birthDate": "2010-05-01",' \
+          b' "firstName": "B"}'
+    resp = dms.http.post(dms.url("/ed-fi/students"), data=raw, headers={"Content-Type": "application/json"},
+                         timeout=30)
+    body = _problem(resp, 400, "bad-request:data-validation-failed", "Data Validation Failed")
+    assert body["validationErrors"] == {"$.firstName": ["An item with the same key has already been added."]}
+    assert dms.get("/ed-fi/students", params={"studentUniqueId": "D1"}).json() == []
+
+
 def test_put_needs_the_id_of_the_url_in_its_body(dms: Api) -> None:
     item = _one(dms, "/ed-fi/students", studentUniqueId="S0000")
     body = _problem(dms.put(f"/ed-fi/students/{item['id']}", {**_body(item), "id": "0" * 32}), 400, "bad-request",
