@@ -795,7 +795,9 @@ class SandboxApp:
             ranges = self.store.partitions(res.path, number, min_cv, max_cv, self._filters(res, req), snapshot,
                                            auth=self._read_auth(res, req))
             return self._json({"pageTokens": [encode_token(lo, hi) for lo, hi in ranges]})
-        if res.name == "schoolYearTypes" or (sub == "keyChanges" and not self.config.has_key_changes):
+        # DMS treats SchoolYearType as a regular resource for change queries (change-queries.md, "SchoolYearType")
+        if (res.name == "schoolYearTypes" and not self.config.is_dms) or (
+                sub == "keyChanges" and not self.config.has_key_changes):
             raise HttpError(404, "not-found", "The specified resource could not be found.")
         headers: dict[str, str] = {}
         if sub == "deletes" and v < "6":

@@ -8,9 +8,9 @@ docs/dms.md ("Reads and change queries", "Cursor paging and partitions") gives e
   ``pageToken`` and ``pageSize`` too; on 8.0 they are unknown query fields.
 * ``limit`` 0..MaximumPageSize (500), and MaximumPageSize when omitted (not 25): PaginationParameters,
   RelationalQueryPageKeysetPlanner (``Limit ?? MaximumPageSize``).
-* a page with ``maxChangeVersion`` is selected in change-version order (change-queries.md, "Page-selection
-  ordering"), and carries no ``Next-Page-Token``; other pages (8.1) carry one whenever they selected an item
-  (Handler/QueryRequestHandler.TryCreateNextPageToken).
+* 8.1: a page with ``maxChangeVersion`` is selected in change-version order (change-queries.md, "Page-selection
+  ordering", DMS-1298, after v8.0.0) and carries no ``Next-Page-Token``; other pages carry one whenever they
+  selected an item (Handler/QueryRequestHandler.TryCreateNextPageToken). 8.0 selects in DocumentId order.
 * ``Use-Snapshot`` is ignored (the caller, app._snapshot_for, returns no snapshot on DMS).
 """
 
@@ -219,7 +219,9 @@ def get_collection(app: SandboxApp, res: Resource, req: Request) -> Reply:
         return _page_reply(rows, headers)
     if total:
         headers["Total-Count"] = str(app.store.count(res.path, min_cv, max_cv, filters, auth=auth))
-    by_cv = max_cv is not None  # "maxChangeVersion present": ContentVersion page selection, no continuation
+    # "maxChangeVersion present": ContentVersion page selection and no continuation token (DMS-1298, after v8.0.0;
+    # v8.0.0 selects every page in DocumentId order)
+    by_cv = max_cv is not None and app.config.has_partitions
     rows = app.store.page(res.path, offset, limit, min_cv, max_cv, filters, auth=auth,
                           by_change_version=by_cv) if limit else []
     if rows and app.config.has_partitions and not by_cv:

@@ -630,7 +630,7 @@ class OperationFactory:
             f"{res.path}/{{id}}": {"get": self.get_by_id(res), "put": self.put(res),
                                   "delete": self.delete(res)},
         }
-        if res.name != "schoolYearTypes":
+        if res.name != "schoolYearTypes" or self.rules.dms:  # DMS: a regular resource for change queries
             _, delete_name, key_change_name = tracked_change_names(res)
             items[f"{res.path}/deletes"] = {"get": self.tracked_changes(res, "deletes", delete_name)}
             if self.rules.key_values:
@@ -783,7 +783,7 @@ class DocumentBuilder:
         extra_schemas: JSON = {}
         for res in resources:
             paths.update(factory.path_items(res))
-            if res.name != "schoolYearTypes":
+            if res.name != "schoolYearTypes" or self.rules.dms:
                 extra_schemas.update(tracked_change_schemas(res, self.rules, self.pool, self.style))
         schemas = self.pool.closure(r.schema_name for r in resources)
         schemas.update(extra_schemas)
