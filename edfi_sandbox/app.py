@@ -24,6 +24,7 @@ from edfi_sandbox.authorization import AuthorizationDenied, ClientScope
 from edfi_sandbox.config import SandboxConfig
 from edfi_sandbox.dms_auth import dms_token
 from edfi_sandbox.dms_routing import DmsLayout, dms_root_payload, metadata_index, specifications_listing
+from edfi_sandbox.dms_writes import DmsWrites, throttled
 from edfi_sandbox.errors import error_body
 from edfi_sandbox.faults import FaultInjector
 from edfi_sandbox.routing import Layout, Route, root_payload
@@ -115,6 +116,11 @@ class SandboxApp:
         self._param_names: dict[str, dict[str, str]] = {}
         self._suffixes = {s.lower(): s for s in CHANGE_SUFFIXES}
         store.commit_delay = lambda: self.faults.config.commit_delay_ms / 1000.0
+        #: DMS (API v8) writes: their own rules and answers (edfi_sandbox/dms_writes.py, docs/dms.md)
+        self._dms_writes: DmsWrites | None = None
+        if config.is_dms:
+            self._dms_writes = DmsWrites(self)
+            store.fill_arrays = False  # DMS drops empty collections; it does not add them back
 
     # -- ASGI ----------------------------------------------------------------------------------
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -242,6 +248,8 @@ class SandboxApp:
         await send({"type": "http.response.body", "body": b'[{"id": "', "more_body": False})
 
     def _fault_reply(self, status: int) -> Reply:
+        if status == 429 and self._dms_writes is not None:
+            return throttled(self.config.api_version, self.faults.config.retry_after)
         if status == 429:
             reply = self._error(429, "throttled", "Too many requests.")
             reply.headers["Retry-After"] = str(self.faults.config.retry_after)
@@ -630,6 +638,8 @@ class SandboxApp:
 
     def _data_reply(self, res: Resource, parts: list[str], req: Request, base: str,
                     snapshot: Snapshot | None) -> Reply:
+        if self._dms_writes is not None and req.method in WRITE_METHODS:
+            return self._dms_writes.handle(res, parts[2] if len(parts) == 3 else None, req, base)
         if len(parts) == 2:
             if req.method == "GET":
                 return self._get_collection(res, req, snapshot)

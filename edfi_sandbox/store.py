@@ -191,6 +191,9 @@ class Store:
         self.commit_delay: Callable[[], float] = lambda: 0.0
         #: the ODS/API version served (set by the app): person key changes and refusal texts depend on it
         self.api_version = "7.3"
+        #: whether stored items get every collection (``[]`` when empty), as the ODS/API returns them; DMS drops
+        #: empty collections (docs/dms.md)
+        self.fill_arrays = True
 
     # -- connections ---------------------------------------------------------------------------
     @staticmethod
@@ -536,7 +539,8 @@ class Store:
         desc_id = self._descriptor_id.get(res.path)
         if desc_id:
             doc.pop(desc_id, None)
-        _fill_arrays(doc, self._arrays[res.path])
+        if self.fill_arrays:
+            _fill_arrays(doc, self._arrays[res.path])
         return doc
 
     def _stored(self, res: Resource, item_id: str, agg: int, doc: JSON, etag: str, stamp: str) -> JSON:
@@ -707,7 +711,7 @@ class Store:
                     for part in kpath:
                         node = node.get(part) if isinstance(node, dict) else None
                     key[name] = node
-                if arrays:
+                if arrays and self.fill_arrays:
                     _fill_arrays(doc, arrays)
                 # the same district gets the same ids: derived from the resource and natural key
                 item_id = blake(id_salt + dumps(key), digest_size=16).hexdigest()

@@ -120,8 +120,11 @@ class Problems:
     are kept beside them for :meth:`values_text`, which is for DEBUG logging only.
     """
 
-    def __init__(self, enabled: bool, drop_unknown: bool = False) -> None:
+    def __init__(self, enabled: bool, drop_unknown: bool = False, drop_empty: bool = False) -> None:
         self.enabled = enabled
+        #: DMS (API v8) targets: empty arrays (and empty objects in arrays) are not sent; DMS drops them, so a
+        #: payload that has them would never compare equal to what the API holds (docs/dms.md, Writes)
+        self.drop_empty = drop_empty
         #: ``unknown_fields: drop``: a field the resource's schema does not have is left out (its path kept in
         #: :attr:`unknown`, for one warning per stream and field), not reported as a problem
         self.drop_unknown = drop_unknown
@@ -241,9 +244,9 @@ def shape(value: Any, node: Node, parent: str, key: str | int, problems: Problem
         out = []
         for i, item in enumerate(value):
             shaped = shape(item, items, here, i, problems)
-            if shaped is not _DROP:
+            if shaped is not _DROP and not (problems.drop_empty and shaped == {}):
                 out.append(shaped)
-        return out
+        return _DROP if problems.drop_empty and not out else out
     if kind == "integer":
         if type(value) is int:
             return value
@@ -435,9 +438,12 @@ class Shaped:
 class Shaper:
     """Cleans, conforms and (optionally) validates records of one resource."""
 
-    def __init__(self, resource: Resource, validate: bool = True, unknown_fields: str = "fail") -> None:
+    def __init__(self, resource: Resource, validate: bool = True, unknown_fields: str = "fail",
+                 drop_empty: bool = False) -> None:
         self.resource = resource
         self.validate = validate
+        #: leave out empty arrays (a DMS target: :class:`Problems`)
+        self.drop_empty = drop_empty
         #: ``drop``: fields the resource does not have are left out; ``fail``: with ``validate``, they fail the record
         self.drop_unknown = unknown_fields == "drop"
         self.node = compile_schema(resource.schema)
@@ -459,7 +465,7 @@ class Shaper:
 
     def shape(self, record: dict[str, Any]) -> Shaped:
         record = {k: v for k, v in record.items() if k not in self.dropped} if self.dropped else record
-        problems = Problems(self.validate, self.drop_unknown)
+        problems = Problems(self.validate, self.drop_unknown, self.drop_empty)
         payload = _shape_object(record, self.node, "$", problems)
         key = self.resource.natural_key(payload)
         complete = all(v is not None for v in key.values())

@@ -331,7 +331,8 @@ class TargetEdFi(Target):
         shaper = self._shapers.get(res.path)
         if shaper is None:
             shaper = self._shapers[res.path] = Shaper(res, bool(self.settings["validate"]),
-                                                      str(self.settings["unknown_fields"]))
+                                                      str(self.settings["unknown_fields"]),
+                                                      drop_empty=self.client.info.is_dms)
         return shaper
 
     def source_key_columns(self, stream: str) -> list[str] | None:

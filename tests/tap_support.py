@@ -195,12 +195,18 @@ class Mutator:
     def docs(self, path: str) -> list[dict[str, Any]]:
         return list(self.sb.store.iter_docs(path))
 
+    def _put(self, path: str, item_id: str, body: dict[str, Any]) -> requests.Response:
+        """A PUT; DMS (8.x) requires the item's id in the body (ValidateMatchingDocumentUuidsMiddleware)."""
+        if self.sb.config.is_dms:
+            body = {"id": item_id, **body}
+        return self.http.put(self.url(f"{path}/{item_id}"), json=body, timeout=30)
+
     def update(self, path: str, n: int, field: str, value_fn: Any) -> int:
         done = 0
         for doc in self.docs(path)[:n]:
             body = payload(doc)
             body[field] = value_fn(doc)
-            resp = self.http.put(self.url(f"{path}/{doc['id']}"), json=body, timeout=30)
+            resp = self._put(path, doc["id"], body)
             assert resp.status_code == 204, resp.text
             self.log.append(("update", path, doc["id"]))
             done += 1
@@ -223,7 +229,7 @@ class Mutator:
         for doc in self.docs(path)[:n]:
             body = payload(doc)
             body[field] = value_fn(doc)
-            resp = self.http.put(self.url(f"{path}/{doc['id']}"), json=body, timeout=30)
+            resp = self._put(path, doc["id"], body)
             assert resp.status_code == 204, resp.text
             self.log.append(("key", path, doc["id"]))
             done += 1

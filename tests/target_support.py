@@ -112,6 +112,20 @@ def content(sb: Sandbox, paths: Iterable[str] | None = None) -> dict[str, dict[s
     return out
 
 
+def without_empty_collections(c: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """:func:`content` without empty arrays at any level: an ODS/API returns every collection (``[]`` when
+    empty), DMS (8.x) drops empty collections, so the same data compares equal across the two only this way."""
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: clean(v) for k, v in node.items() if v != []}
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        return node
+
+    return {path: {key: clean(doc) for key, doc in items.items()} for path, items in c.items()}
+
+
 def diff_content(a: dict[str, dict[str, dict]], b: dict[str, dict[str, dict]]) -> list[str]:
     """Human-readable differences between two :func:`content` results (empty when equal)."""
     problems = []
@@ -197,4 +211,5 @@ __all__ = [
     "run_target_process",
     "singer_messages",
     "target_config",
+    "without_empty_collections",
 ]

@@ -82,7 +82,7 @@ def test_grade_key_changes_carry_eleven_key_values(make_sandbox, version) -> Non
     types = [d for d in api.get("/ed-fi/gradeTypeDescriptors").json()
              if f"{d['namespace']}#{d['codeValue']}" != grade["gradeTypeDescriptor"]]
     assert types, "the seeded district needs a second grade type"
-    body = {k: v for k, v in grade.items() if k not in ("id", "_etag", "_lastModifiedDate")}
+    body = {k: v for k, v in grade.items() if k not in ("_etag", "_lastModifiedDate")}  # DMS PUTs need the id
     body["gradeTypeDescriptor"] = f"{types[0]['namespace']}#{types[0]['codeValue']}"
     resp = api.put(f"/ed-fi/grades/{grade['id']}", body)
     assert resp.status_code == 204, resp.text

@@ -132,8 +132,8 @@ def test_key_changes_collapse_to_first_old_and_last_new(api: Api) -> None:
     item = api.get("/ed-fi/studentSchoolAssociations", params={"studentUniqueId": "S0005"}).json()[0]
     start = newest(api)
     for day in ("2024-08-21", "2024-08-22"):
-        assert api.put(f"/ed-fi/studentSchoolAssociations/{item['id']}",
-                       enrollment("S0005", 1, day)).status_code == 204
+        assert api.put(f"/ed-fi/studentSchoolAssociations/{item['id']}",  # DMS PUTs need the id
+                       {"id": item["id"], **enrollment("S0005", 1, day)}).status_code == 204
     changes = api.get("/ed-fi/studentSchoolAssociations/keyChanges",
                       params={"minChangeVersion": start + 1, "totalCount": "true"})
     assert changes.headers["Total-Count"] == "1"

@@ -26,6 +26,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "5.3": ("5.3", {}, {}),
     "6.1-year": ("6.1", {"api_mode": "year", "school_year": 2025}, {"school_year": 2025}),
     "7.3-tenant-context": ("7.3", {"tenant": "gbisd", "context": "2025"}, {}),
+    "8.0": ("8.0", {}, {}),
+    "8.1-tenant-qualifiers": ("8.1", {"tenant": "gbisd", "route_qualifiers": ("255901", "2025")}, {}),
 }
 
 
@@ -51,7 +53,10 @@ def test_replication_follows_every_kind_of_change(variant: str, make_sandbox: An
     assert run.exit_code == 0, run.results
     assert diff_content(content(a), content(b)) == []
     totals = run.totals
-    assert totals["failed_all"] == 0 and totals["deleted"] >= 11 and totals["created"] == 3
+    # every delete the source made (DMS refuses to delete a descriptor in use, so fewer go there)
+    deletes = sum(1 for kind, _, _ in m.log if kind == "delete")
+    assert deletes >= (6 if version >= "8" else 11)
+    assert totals["failed_all"] == 0 and totals["deleted"] >= deletes and totals["created"] == 3
     # at most one write per record the tap sent (unchanged items skipped, cascaded key changes found in place)
     assert counter.writes <= len(second.records)
     assert run.states == [second.last_state]
@@ -101,7 +106,9 @@ def test_meltano_run_tap_edfi_target_edfi(tmp_path: Path) -> None:
 
 # -- identities with role names, and 6.1 person key changes (docs/change-queries.md) ------------------------------
 @pytest.mark.parametrize("deletes", ["inline", "streams"])
-@pytest.mark.parametrize("version", ["6.1", "7.3"])
+# DMS: 8.1 only. The DS 5.0 model makes this test slow (~15 s a case), and 8.0 and 8.1 take writes, deletes and
+# natural-key lookups through the same code (edfi_sandbox/dms_writes.py: only the 429 answer differs by version)
+@pytest.mark.parametrize("version", ["6.1", "7.3", "8.1"])
 def test_role_named_identities_replicate_deletes_by_natural_key(version: str, deletes: str, make_sandbox: Any,
                                                                 tmp_path: Path) -> None:
     """studentProgramAssociations name the program's educationOrganizationId programEducationOrganizationId: the
@@ -138,7 +145,7 @@ def test_role_named_identities_replicate_deletes_by_natural_key(version: str, de
     assert diff_content(content(a, paths), content(b, paths)) == []
 
 
-@pytest.mark.parametrize("version", ["6.1", "7.3"])
+@pytest.mark.parametrize("version", ["6.1", "7.3", "8.0", "8.1"])
 def test_grades_and_attendance_events_replicate_key_changes_and_deletes(version: str, make_sandbox: Any,
                                                                         tmp_path: Path) -> None:
     """grades (11 key values, gradingPeriodSchoolYear among them) and studentSectionAttendanceEvents: a key change
@@ -157,7 +164,7 @@ def test_grades_and_attendance_events_replicate_key_changes_and_deletes(version:
     grades = api.get("/ed-fi/grades", params={"limit": 3}).json()
     other = next(f"{d['namespace']}#{d['codeValue']}" for d in api.get("/ed-fi/gradeTypeDescriptors").json()
                  if f"{d['namespace']}#{d['codeValue']}" != grades[0]["gradeTypeDescriptor"])
-    body = {k: v for k, v in grades[0].items() if k not in ("id", "_etag", "_lastModifiedDate")}
+    body = {k: v for k, v in grades[0].items() if k not in ("_etag", "_lastModifiedDate")}  # DMS needs the id
     assert api.put(f"/ed-fi/grades/{grades[0]['id']}", {**body, "gradeTypeDescriptor": other}).status_code == 204
     assert api.delete(f"/ed-fi/grades/{grades[1]['id']}").status_code == 204
     events = api.get("/ed-fi/studentSectionAttendanceEvents", params={"limit": 2}).json()
