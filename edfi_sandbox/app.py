@@ -448,9 +448,9 @@ class SandboxApp:
             return self._json(self.faults.config.as_dict())
         if what == "stats":
             return self._json({"requests": self.requests, "byArea": self.requests_by_area,
-                               "tokensIssued": self.tokens.issued, "tokensByClient": self.tokens.by_client(),
-                               "changeVersion": self.store.change_version,
-                               "faultsInjected": self.faults.injected})
+                               "tokensIssued": self.tokens.issued, "tokensRefused": self.tokens.refused,
+                               "peakLiveTokens": dict(self.tokens.peak_live),
+                               "changeVersion": self.store.change_version, "faultsInjected": self.faults.injected})
         if what == "purge-changes" and req.method == "POST":
             try:
                 below = int(req.query.get("below", ""))

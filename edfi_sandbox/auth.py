@@ -45,9 +45,10 @@ class TokenRegistry:
         self._tokens: dict[str, Token] = {}
         self._lock = threading.Lock()
         self.issued = 0
-        self.issued_by_client: dict[str, int] = {}
-        #: the most tokens of each client that were live at once (what the per-client limit bounds)
+        #: the most live tokens each client held at once (what the limit bounds), and the token requests refused
+        #: because the client held the limit
         self.peak_live: dict[str, int] = {}
+        self.refused = 0
 
     def authenticate(self, form: dict[str, str], authorization: str | None) -> tuple[str, str]:
         """(client_id, secret) from a Basic header or the body; the ODS/API's rules."""
@@ -79,14 +80,16 @@ class TokenRegistry:
         now = time.monotonic()
         with self._lock:
             self._purge(now)
-            live = sum(1 for t in self._tokens.values() if t.client_id == client_id)
-            if self.max_per_client is not None and live >= self.max_per_client:
-                raise TooManyTokens(client_id)
+            if self.max_per_client is not None:
+                live = sum(1 for t in self._tokens.values() if t.client_id == client_id)
+                if live >= self.max_per_client:
+                    self.refused += 1
+                    raise TooManyTokens(client_id)
             token = Token(secrets.token_hex(16), client_id, now + self.ttl)
             self._tokens[token.value] = token
             self.issued += 1
-            self.issued_by_client[client_id] = self.issued_by_client.get(client_id, 0) + 1
-            self.peak_live[client_id] = max(self.peak_live.get(client_id, 0), live + 1)
+            live = sum(1 for t in self._tokens.values() if t.client_id == client_id)
+            self.peak_live[client_id] = max(self.peak_live.get(client_id, 0), live)
         return token
 
     def check(self, authorization: str | None) -> Token | None:
@@ -99,17 +102,6 @@ class TokenRegistry:
         if token is None or token.expires_at <= time.monotonic():
             return None
         return token
-
-    def by_client(self) -> dict[str, dict[str, int]]:
-        """Per client: tokens issued, live now and the most live at once."""
-        now = time.monotonic()
-        with self._lock:
-            self._purge(now)
-            live: dict[str, int] = {}
-            for t in self._tokens.values():
-                live[t.client_id] = live.get(t.client_id, 0) + 1
-            return {cid: {"issued": n, "live": live.get(cid, 0), "peakLive": self.peak_live.get(cid, 0)}
-                    for cid, n in sorted(self.issued_by_client.items())}
 
     def revoke_all(self) -> None:
         with self._lock:
