@@ -102,8 +102,9 @@ class DagConfig:
 
     def pools(self) -> dict[str, dict[str, Any]]:
         """The Airflow pools the DAG uses, in the format of ``airflow pools import``."""
-        return {api.pool: {"slots": api.pool_slots, "description": f"Ed-Fi API {api.id}: concurrent extraction "
-                           f"tasks (each makes up to {self.max_workers} concurrent requests)", "include_deferred": False}
+        return {api.pool: {"slots": api.pool_slots, "include_deferred": False,
+                           "description": f"Ed-Fi API {api.id}: concurrent extraction tasks (each makes up to "
+                                          f"{self.max_workers} concurrent requests)"}
                 for api in self.apis}
 
 

@@ -206,7 +206,7 @@ def run_meltano(command: list[str], env: Mapping[str, str], cwd: str | Path,
     log.info("running %s in %s", " ".join(command), cwd)
     with subprocess.Popen(command, cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           stdin=subprocess.DEVNULL, text=True, bufsize=1,
-                          preexec_fn=_die_with_parent) as proc:  # noqa: PLW1509
+                          preexec_fn=_die_with_parent) as proc:
         if on_start is not None:
             on_start(proc)
         assert proc.stdout is not None

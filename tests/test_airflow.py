@@ -196,7 +196,6 @@ def test_example_dag_on_airflow_parallel_killed_task_resumes_then_incremental(da
         assert len(plan) == 2, plan
         # the second (smaller) group also takes whatever no group names (resources added to the API later)
         groups = [{"name": "g1", "resources": plan[0]}, {"name": "g2", "resources": plan[1], "rest": True}]
-        big = "g1" if "studentSchoolAttendanceEvents" in plan[0] else "g2"
         wh = databases["warehouse"]
         config = {
             "dag_id": dag_id, "schedule": None,
@@ -240,9 +239,9 @@ def test_example_dag_on_airflow_parallel_killed_task_resumes_then_incremental(da
         airflow = Airflow(home, env, databases["airflow"])
         airflow.cli("db", "migrate")
         pools_file = tmp_path / "pools.json"
-        pools_file.write_text(subprocess.run(
-            [str(REPO / ".venv-airflow" / "bin" / "python"), "-m", "edfi_airflow", "pools", str(tmp_path / "config.json")],
-            capture_output=True, text=True, check=True, env=env).stdout)
+        python = str(REPO / ".venv-airflow" / "bin" / "python")
+        pools_file.write_text(subprocess.run([python, "-m", "edfi_airflow", "pools", str(tmp_path / "config.json")],
+                                             capture_output=True, text=True, check=True, env=env).stdout)
         airflow.cli("pools", "import", str(pools_file))
         airflow.start("api-server", "api-server", "--apps", "execution", "-H", "127.0.0.1", "-p", str(port), "-w", "1")
         airflow.start("dag-processor", "dag-processor")
@@ -338,7 +337,8 @@ def test_example_dag_on_airflow_parallel_killed_task_resumes_then_incremental(da
             stats = sb.admin("GET", "stats").json()
             assert stats["peakLiveTokens"][sb.client_id] == 1, stats
             assert stats["tokensRefused"] == 0, stats
-            figures[name] = {"requests_run1": after_r1[name], "requests_run2": stats["requests"] - after_r1[name], "items": sum(len(v) for v in api_ids(sb).values()),
+            figures[name] = {"requests_run1": after_r1[name], "requests_run2": stats["requests"] - after_r1[name],
+                             "items": sum(len(v) for v in api_ids(sb).values()),
                              "peak_live_tokens": stats["peakLiveTokens"]}
         for run, tasks in (("r1", tasks1), ("r2", tasks2)):  # seconds from the run's first task: start-end
             zero = min(v["start"] for v in tasks.values())
