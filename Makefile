@@ -9,9 +9,14 @@ BIN := $(VENV)/bin
 # theirs from `meltano install`
 MELTANO_VENV := .venv-meltano
 MELTANO := $(MELTANO_VENV)/bin/meltano
+# Airflow (edfi_airflow, the example DAG, tests/test_airflow.py) in a virtualenv of its own too: apache-airflow 3 with
+# PostgreSQL for its metadata database, and this repo without its dependencies (edfi_airflow needs only Airflow;
+# the plugins run in Meltano's venvs)
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_VERSION := 3.3.2
 export MELTANO_SEND_ANONYMOUS_USAGE_STATS := false
 
-.PHONY: setup demo test lint clean meltano
+.PHONY: setup demo test lint clean meltano airflow
 
 setup: $(VENV)/.installed
 
@@ -24,13 +29,22 @@ $(VENV)/.installed: pyproject.toml
 	  $(BIN)/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps python-backoff; fi
 	touch $@
 
-$(MELTANO_VENV)/.installed:
+# [postgres]: psycopg, for a system database (state) on PostgreSQL (MELTANO_DATABASE_URI), as edfi_airflow uses it
+$(MELTANO_VENV)/.installed-4.4.1-postgres:
 	$(PYTHON) -m venv $(MELTANO_VENV)
-	$(MELTANO_VENV)/bin/pip install --quiet --disable-pip-version-check 'meltano==4.4.1'
+	$(MELTANO_VENV)/bin/pip install --quiet --disable-pip-version-check 'meltano[postgres]==4.4.1'
 	touch $@
 
-meltano: $(MELTANO_VENV)/.installed
+meltano: $(MELTANO_VENV)/.installed-4.4.1-postgres
 	PATH=$(CURDIR)/$(MELTANO_VENV)/bin:$$PATH $(MELTANO) install
+
+$(AIRFLOW_VENV)/.installed-$(AIRFLOW_VERSION): pyproject.toml
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install --quiet --disable-pip-version-check 'apache-airflow[postgres]==$(AIRFLOW_VERSION)'
+	$(AIRFLOW_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+airflow: $(AIRFLOW_VENV)/.installed-$(AIRFLOW_VERSION)
 
 demo: setup meltano
 	$(BIN)/python scripts/demo.py
@@ -39,8 +53,8 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: setup lint meltano
+test: setup lint meltano airflow
 	PATH=$(CURDIR)/$(MELTANO_VENV)/bin:$$PATH $(BIN)/pytest -q -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) $(MELTANO_VENV) .pytest_cache .ruff_cache output .meltano .meltano-vendor
+	rm -rf $(VENV) $(MELTANO_VENV) $(AIRFLOW_VENV) .pytest_cache .ruff_cache output .meltano .meltano-vendor
