@@ -14,7 +14,9 @@ and neither the token nor the secret is ever logged.
 ``token_cache`` setting: a file path (default ``$XDG_CACHE_HOME/edfi-singer/oauth-tokens.json``, that is
 ``~/.cache/...``; the environment variable ``EDFI_SINGER_TOKEN_CACHE`` changes the default), a
 ``postgresql://`` URL (table ``edfi_singer_oauth_tokens``), or ``off``. A cache that cannot be read or locked is
-ignored with a warning: the run then fetches its own token, as without a cache.
+ignored with a warning: the run then fetches its own token, as without a cache. A ``postgresql://`` URL without
+the psycopg driver installed is an error at start (it would never work, and parallel jobs would then exceed the
+API's live-token limit).
 """
 
 from __future__ import annotations
@@ -288,6 +290,13 @@ def open_token_cache(setting: str | None) -> TokenCache | None:
     if value.lower() in OFF:
         return None
     if value.startswith(("postgresql://", "postgres://")):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None:  # not a passing fault: never "going on without it"
+            raise ValueError("token_cache setting: a postgresql:// URL needs the psycopg driver, which is not "
+                             "installed: install the plugin with its postgres extra (pip install "
+                             "'edfi-singer[postgres]'; in meltano.yml: pip_url: -e .[postgres]), or set token_cache "
+                             "to a file path")
         return PostgresTokenCache(value)
     return FileTokenCache(value or default_path())
 

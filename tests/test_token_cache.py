@@ -198,3 +198,25 @@ def test_without_a_cache_the_sixteenth_run_says_when_a_token_frees_up(make_sandb
     err = proc.stderr.decode()
     assert "Too many access tokens" in err and "set token_cache" in err and "expires_in" in err
     assert sb.app.tokens.issued == 1
+
+
+@pytest.mark.parametrize("plugin", ["tap_edfi.tap:TapEdFi", "target_edfi.target:TargetEdFi"])
+def test_a_postgresql_cache_without_its_driver_fails_at_start_naming_the_setting(plugin: str, tmp_path: Path) -> None:
+    """Without psycopg a postgresql:// cache could never work: parallel jobs would each take tokens and pass the
+    API's live-token limit. Both plugins stop at once (exit 2, one ERROR line) saying what to install."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"base_url": "http://127.0.0.1:9/", "client_id": "c", "client_secret": "s3cr3t-value",
+                               "token_cache": "postgresql://postgres:pgpass@127.0.0.1:5432/test"}))
+    module, cls = plugin.split(":")
+    code = ("import importlib.util, sys\n"
+            "real = importlib.util.find_spec\n"
+            "importlib.util.find_spec = lambda name, *a: None if name == 'psycopg' else real(name, *a)\n"
+            f"sys.argv = ['plugin', '--config', {str(cfg)!r}]\n"
+            f"from {module} import {cls}\n{cls}.cli()\n")
+    proc = subprocess.run([str(Path(TAP).parent / "python"), "-c", code], input=b"", capture_output=True, timeout=60)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err[-2000:]
+    errors = [line for line in err.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "token_cache setting" in errors[0] and "edfi-singer[postgres]" in errors[0], err
+    assert "Traceback" not in err and "pgpass" not in err and "s3cr3t" not in err
+    assert proc.stdout == b""
