@@ -16,7 +16,7 @@ import pytest
 from edfi_sandbox.server import Sandbox
 from tests.tap_support import Mutator, next_day
 from tests.target_support import content, diff_content, without_empty_collections
-from tests.test_target_edfi_to_edfi import MELTANO, REPO, _meltano
+from tests.test_target_edfi_to_edfi import MELTANO, _meltano, edfi_to_edfi_env, install_edfi_plugins
 
 
 def _equal(a: Sandbox, b: Sandbox) -> list[str]:
@@ -45,19 +45,11 @@ def _changes(sb: Sandbox, n: int) -> None:
 
 @pytest.mark.skipif(MELTANO is None, reason="meltano is not installed")
 def test_meltano_migration_from_ods_7_3_into_dms(tmp_path: Path) -> None:
-    for kind, name in (("extractors", "tap-edfi"), ("loaders", "target-edfi")):
-        if not (REPO / ".meltano" / kind / name).exists():
-            proc = _meltano(["install", kind[:-1], name], {})
-            if proc.returncode != 0:
-                pytest.skip(f"meltano install {name} failed: {proc.stderr[-500:]}")
+    install_edfi_plugins()
     # 8.1 is DMS main (cursor paging); 8.0.0 takes writes through the same code (edfi_sandbox/dms_writes.py), and
     # tests/test_target_edfi_to_edfi.py replicates into both in process
     with Sandbox("7.3", seed=6) as a, Sandbox("8.1") as b:
-        env = {"TAP_EDFI_BASE_URL": a.api_root, "TAP_EDFI_CLIENT_ID": a.client_id,
-               "TAP_EDFI_CLIENT_SECRET": a.client_secret, "TARGET_EDFI_BASE_URL": b.api_root,
-               "TARGET_EDFI_CLIENT_ID": b.client_id, "TARGET_EDFI_CLIENT_SECRET": b.client_secret,
-               "TARGET_EDFI_TRANSACTION_LOG": str(tmp_path / "log.db"),
-               "TARGET_EDFI_RESULTS_FILE": str(tmp_path / "results.json")}
+        env = edfi_to_edfi_env(a, b, tmp_path)
         suffix = ["--state-id-suffix", uuid.uuid4().hex[:8]]
         proc = _meltano(["run", *suffix, "tap-edfi", "target-edfi"], env)
         assert proc.returncode == 0, proc.stderr[-3000:]

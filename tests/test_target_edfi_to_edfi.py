@@ -78,19 +78,29 @@ def _meltano(args: list[str], env: dict[str, str], timeout: float = 600) -> subp
                           timeout=timeout)
 
 
-@pytest.mark.skipif(MELTANO is None, reason="meltano is not installed")
-def test_meltano_run_tap_edfi_target_edfi(tmp_path: Path) -> None:
+def install_edfi_plugins() -> None:
+    """``meltano install`` tap-edfi and target-edfi in this repo's project unless they are (skip when it fails)."""
     for kind, name in (("extractors", "tap-edfi"), ("loaders", "target-edfi")):
         if not (REPO / ".meltano" / kind / name).exists():
-            proc = _meltano(["install", kind[:-1], name])
+            proc = _meltano(["install", kind[:-1], name], {})
             if proc.returncode != 0:
                 pytest.skip(f"meltano install {name} failed: {proc.stderr[-500:]}")
+
+
+def edfi_to_edfi_env(source: Sandbox, dest: Sandbox, tmp: Path) -> dict[str, str]:
+    """The environment of ``meltano run tap-edfi target-edfi`` from one sandbox into another."""
+    return {"TAP_EDFI_BASE_URL": source.api_root, "TAP_EDFI_CLIENT_ID": source.client_id,
+            "TAP_EDFI_CLIENT_SECRET": source.client_secret, "TARGET_EDFI_BASE_URL": dest.api_root,
+            "TARGET_EDFI_CLIENT_ID": dest.client_id, "TARGET_EDFI_CLIENT_SECRET": dest.client_secret,
+            "TARGET_EDFI_TRANSACTION_LOG": str(tmp / "log.db"),
+            "TARGET_EDFI_RESULTS_FILE": str(tmp / "results.json")}
+
+
+@pytest.mark.skipif(MELTANO is None, reason="meltano is not installed")
+def test_meltano_run_tap_edfi_target_edfi(tmp_path: Path) -> None:
+    install_edfi_plugins()
     with Sandbox("7.3", seed=6) as a, Sandbox("7.3") as b:
-        env = {"TAP_EDFI_BASE_URL": a.api_root, "TAP_EDFI_CLIENT_ID": a.client_id,
-               "TAP_EDFI_CLIENT_SECRET": a.client_secret, "TARGET_EDFI_BASE_URL": b.api_root,
-               "TARGET_EDFI_CLIENT_ID": b.client_id, "TARGET_EDFI_CLIENT_SECRET": b.client_secret,
-               "TARGET_EDFI_TRANSACTION_LOG": str(tmp_path / "log.db"),
-               "TARGET_EDFI_RESULTS_FILE": str(tmp_path / "results.json")}
+        env = edfi_to_edfi_env(a, b, tmp_path)
         suffix = ["--state-id-suffix", uuid.uuid4().hex[:8]]
         proc = _meltano(["run", *suffix, "tap-edfi", "target-edfi"], env)
         assert proc.returncode == 0, proc.stderr[-3000:]
