@@ -315,6 +315,13 @@ class TapEdFi(Tap):
                                 "to read every resource")
         logger.warning("resources setting: %s", text)
 
+    def load_state(self, state: dict[str, Any]) -> None:
+        """The SDK keeps only ``bookmarks``; ``server`` (the server the bookmarks are change versions of, recorded by
+        ``tap_edfi.sync``) is kept too, so that a switch to another server is seen."""
+        super().load_state(state)
+        if isinstance(state.get("server"), dict):
+            self.state["server"] = dict(state["server"])
+
     def discover_streams(self) -> list[EdFiStream]:
         s = self.settings
         deletes = s["deletes"]
