@@ -234,6 +234,8 @@ class SyncEngine:
         self._metered: dict[str, EdFiStream] = {}
         self._state_dirty = False
         self._last_state_write = 0.0
+        #: the server's identity changed since the state was written (another database): why, else None
+        self.switched: str | None = self.record_server()
         #: streams reconciled this run whatever reconcile_interval says: name -> why (resync, purged changes)
         self.forced: dict[str, str] = self.forced_reconciliations()
 
@@ -256,6 +258,31 @@ class SyncEngine:
         entry = (self.state.get("bookmarks") or {}).get(stream)
         if entry and entry.pop(key, None) is not None:
             self._state_dirty = True
+
+    def server_identity(self) -> dict[str, str]:
+        """What the state's bookmarks are change versions of: the product (ODS/API or DMS, from discovery), its
+        version, and the data URL from discovery's ``dataManagementApi`` (host, tenant, instance and year included).
+        Change versions are numbered by one database: they mean nothing on another server."""
+        info = self.client.info
+        return {"product": "DMS" if info.is_dms else "ODS/API", "version": info.version_text,
+                "data_url": self.client.urls.data}
+
+    def record_server(self) -> str | None:
+        """Record the server's identity in the state (``server``); when the state's bookmarks were written against
+        another server (another product or data URL), say how it changed: every item stream is reconciled then.
+        A version upgrade of the same product at the same URL keeps its database and its change versions."""
+        current = self.server_identity()
+        previous = self.state.get("server")
+        self.state["server"] = current
+        if previous != current:
+            self._state_dirty = True
+        if not isinstance(previous, dict) or not self.state.get("bookmarks"):
+            return None  # a first run, or a state of an earlier tap-edfi: nothing to compare with
+        before = (previous.get("product"), previous.get("data_url"))
+        if before == (current["product"], current["data_url"]):
+            return None
+        return (f"server changed from {previous.get('product')} {previous.get('version')} at "
+                f"{previous.get('data_url')} to {current['product']} {current['version']} at {current['data_url']}")
 
     def write_state(self, force: bool = False) -> None:
         if self._state_dirty or force:
@@ -353,7 +380,9 @@ class SyncEngine:
           so the deletes between them can no longer be read (one WARNING names every such stream);
         * the bookmark is above ``newestChangeVersion`` (the database was restored: start_for warns);
         * a forced reconciliation of an earlier run did not end with ACTIVATE_VERSION (``resync_pending`` in the
-          stream's bookmarks)."""
+          stream's bookmarks);
+        * the state's bookmarks are another server's change versions (``server`` in the state: a district moved
+          from the ODS/API to DMS, or to another host): every item stream with a bookmark."""
         if not self.run.change_queries:
             return {}
         from tap_edfi.tap import _matches
@@ -370,6 +399,8 @@ class SyncEngine:
                                  if stream.inline_deletes else None) if m is not None]
             if patterns and _matches(stream.resource, name, patterns):
                 out[name] = "resync setting"
+            elif marks and self.switched:
+                out[name] = self.switched
             elif marks and self.run.newest is not None and max(marks) > self.run.newest:
                 # start_for warns (database restored?) and reads from start_change_version: as a reconciliation,
                 # so that rows the restored database no longer has are dropped too
@@ -379,6 +410,11 @@ class SyncEngine:
                 purged.append(f"{name} (bookmark {min(marks)})")
             elif self.bookmark(name, "resync_pending") is not None:
                 out[name] = "a forced reconciliation of an earlier run did not complete"
+        if self.switched and out:
+            logger.warning("%s: the state's bookmarks are change versions of the other server, so %s are "
+                           "reconciled this run (every live item read, then ACTIVATE_VERSION: rows the new server "
+                           "does not have are dropped or marked deleted) and bookmarked at its change versions",
+                           self.switched, ", ".join(out))
         if purged:
             logger.warning("tracked changes purged: the API's oldestChangeVersion is %s, above the bookmark + 1 of "
                            "%s: deletes between the bookmark and %s can no longer be read, so these streams are "
@@ -391,6 +427,11 @@ class SyncEngine:
             else:
                 logger.warning("resync setting %s matches no selected item stream: nothing is resynchronized this "
                                "run (names or globs as in the resources setting)", patterns)
+        if self.switched and out and (self.tap.edu is not None or self.tap.slice is not None):
+            raise SettingsError(f"{self.switched}: the state's bookmarks are change versions of the other server, and "
+                                "with record_format edu or tenant_code/api_year this tap writes no table versions to "
+                                "reconcile the tables with: delete this tap's rows of "
+                                f"{', '.join(out)} and run it with --full-refresh (or without state)")
         if out and self.tap.edu is not None:
             # raw tables keep every pull and hold several tenants and years: no table versions to replace them by
             logger.warning("record_format edu writes no table versions, so %s cannot be reconciled: replace their raw "

@@ -13,7 +13,7 @@ import difflib
 import fnmatch
 import logging
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import click
 from singer_sdk import Tap
@@ -98,8 +98,9 @@ CONFIG_SCHEMA = th.PropertiesList(
                             "incrementally from this run's bound. Set it for one run "
                             "(`TAP_EDFI_RESYNC='[\"students\"]' meltano run ...`): left in the config, every run "
                             "reconciles those streams. A stream whose tracked changes were purged (the API's "
-                            "`oldestChangeVersion` above its bookmark + 1) is reconciled without it, with a "
-                            "warning."),
+                            "`oldestChangeVersion` above its bookmark + 1), or whose state was written against "
+                            "another server (STATE's `server`: product or data URL changed, e.g. ODS/API to DMS), "
+                            "is reconciled without it, with a warning."),
     th.Property("start_change_version", th.IntegerType(minimum=0), default=0,
                 description="Where streams without a bookmark start (0: everything)."),
     th.Property("include_descriptors", th.BooleanType, default=True,
@@ -314,6 +315,13 @@ class TapEdFi(Tap):
             raise SettingsError(f"the resources setting {include!r} matches no stream: {text}. Fix it, or remove it "
                                 "to read every resource")
         logger.warning("resources setting: %s", text)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """The SDK keeps only ``bookmarks``; ``server`` (the server the bookmarks are change versions of, recorded by
+        ``tap_edfi.sync``) is kept too, so that a switch to another server is seen."""
+        super().load_state(state)
+        if isinstance(state.get("server"), dict):
+            cast(dict[str, Any], self.state)["server"] = dict(state["server"])
 
     def discover_streams(self) -> list[EdFiStream]:
         s = self.settings
